@@ -1,0 +1,5 @@
+"""mm7soap: an MM7 (3GPP TS 23.140) SOAP endpoint that stores before it acknowledges."""
+
+from mm7soap.settings import Settings
+
+__all__ = ["Settings"]

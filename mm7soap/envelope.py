@@ -1,0 +1,298 @@
+"""Reading a SOAP envelope the way real MMSCs write it, into the canonical MM7 form.
+
+MMSCs use any envelope prefix, declare the MM7 namespace on the Envelope, per element or
+not at all on the children, rename elements (`Recipients`, `TimeStamp`), write bare-text
+addresses and shuffle the schema order (spec.md §7).  Everything here is matched by local
+name; the result is a fresh envelope in the request's MM7 namespace with the REL-6 element
+names and order, which Spyne then maps onto `mm7soap.types` without surprises.  Values
+Spyne would refuse (a date that is not an `xs:dateTime`) are left out of that canonical
+document and kept as sent in `ReadEnvelope.as_sent`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from mm7soap import errors
+from mm7soap.namespaces import (
+    DEFAULT_NAMESPACE,
+    MM7_NAMESPACES,
+    SOAP12_ENV,
+    SOAP_ENV,
+    local_name,
+    mm7_name,
+    namespace_of,
+)
+from mm7soap.types import ADDRESS_KINDS
+
+# Requests an MMSC sends a VASP that this endpoint answers, and every other MM7 request
+# (answered 4003 rather than 4004: they are valid MM7, just not served here).
+SERVED_OPERATIONS = ("DeliveryReportReq",)
+
+# Canonical child order of DeliveryReportReq (spec.md §4.2) and the names MMSCs use instead.
+DELIVERY_REPORT_ORDER = (
+    "MM7Version",
+    "MMSRelayServerID",
+    "MessageID",
+    "Recipient",
+    "Sender",
+    "Date",
+    "MMStatus",
+    "MMStatusExtension",
+    "StatusText",
+    "ApplicID",
+    "ReplyApplicID",
+    "AuxApplicInfo",
+    "UACapabilities",
+)
+ALIASES = {"Recipients": "Recipient", "TimeStamp": "Date"}
+ADDRESS_ELEMENTS = ("Recipient", "Sender")
+MANDATORY = ("MessageID", "Recipient", "MMStatus")
+ADDRESS_ATTRIBUTES = ("displayOnly", "addressCoding", "id")
+
+# xs:dateTime, strictly: two-digit month and day, optional fraction and zone.
+XS_DATETIME = re.compile(
+    r"^-?\d{4,}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?$",
+)
+ENCODING_DECLARATION = re.compile(rb"^(\xef\xbb\xbf)?<\?xml[^>]*encoding\s*=\s*[\"']([^\"']+)[\"']")
+
+
+@dataclass
+class ReadEnvelope:
+    """A request as understood: where it came from in MM7 terms and its canonical form."""
+
+    namespace: str
+    operation: str
+    document: etree._Element
+    transaction_id: str | None = None
+    mm7_version: str | None = None
+    as_sent: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def namespace_name(self) -> str:
+        return mm7_name(self.namespace) or ""
+
+
+@dataclass
+class Reply:
+    """What any answer (success or fault) needs from the request, as far as it was read."""
+
+    namespace: str = DEFAULT_NAMESPACE
+    mm7_version: str | None = None
+    transaction_id: str | None = None
+
+
+def make_parser(encoding: str | None = None) -> etree.XMLParser:
+    # No DTDs, entities, network or huge trees: the request comes from the open internet.
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+        encoding=encoding,
+    )
+
+
+def parse_xml(data: bytes) -> etree._Element:
+    """Parse the root part; UTF-8 bytes labelled `utf-16` (Vibes) are read as UTF-8."""
+    if not data.strip():
+        raise errors.ValidationError("the request has no XML")
+    try:
+        root = etree.fromstring(data, make_parser())
+    except etree.XMLSyntaxError as exc:
+        declared = ENCODING_DECLARATION.match(data)
+        if not (declared and declared.group(2).lower().startswith(b"utf-16")):
+            raise errors.ValidationError(f"not well-formed XML: {exc}") from None
+        try:
+            root = etree.fromstring(data, make_parser("utf-8"))
+        except etree.XMLSyntaxError as exc2:
+            raise errors.ValidationError(f"not well-formed XML: {exc2}") from None
+    if root.getroottree().docinfo.internalDTD is not None:
+        raise errors.ValidationError("a DTD is not allowed in an MM7 request")
+    return root
+
+
+def raw_text(raw: bytes) -> str:
+    """A raw envelope as text, decoded in the charset its XML declaration names."""
+    declared = ENCODING_DECLARATION.match(raw)
+    encoding = declared.group(2).decode("ascii", "replace") if declared else "utf-8"
+    try:
+        return raw.decode(encoding)
+    except (LookupError, UnicodeDecodeError):
+        return raw.decode("utf-8", "replace")
+
+
+def children(element: etree._Element) -> list[etree._Element]:
+    return [child for child in element if isinstance(child.tag, str)]
+
+
+def first_child(element: etree._Element, name: str) -> etree._Element | None:
+    for child in children(element):
+        if local_name(child.tag) == name:
+            return child
+    return None
+
+
+def text_of(element: etree._Element) -> str:
+    return (element.text or "").strip()
+
+
+def split_envelope(root: etree._Element) -> tuple[etree._Element | None, etree._Element]:
+    """(Header, Body) of a SOAP 1.1 envelope, or a Client fault saying why not."""
+    if root.tag == f"{{{SOAP12_ENV}}}Envelope":
+        raise errors.ValidationError("a SOAP 1.2 envelope; MM7 uses SOAP 1.1")
+    if root.tag != f"{{{SOAP_ENV}}}Envelope":
+        raise errors.ValidationError(f"the root element is {local_name(root.tag)}, not a SOAP 1.1 Envelope")
+    header = body = None
+    for child in children(root):
+        if child.tag == f"{{{SOAP_ENV}}}Header":
+            header = child
+        elif child.tag == f"{{{SOAP_ENV}}}Body":
+            body = child
+    if body is None:
+        raise errors.ValidationError("the envelope has no Body")
+    return header, body
+
+
+def transaction_id_of(header: etree._Element | None) -> etree._Element | None:
+    return None if header is None else first_child(header, "TransactionID")
+
+
+def operation_namespace(operation: etree._Element, transaction: etree._Element | None) -> str:
+    """The request's MM7 namespace: the operation element's, else the TransactionID's."""
+    namespace = namespace_of(operation.tag)
+    if not namespace and transaction is not None:
+        namespace = namespace_of(transaction.tag)
+    if not namespace:
+        return DEFAULT_NAMESPACE
+    name = mm7_name(namespace)
+    if name is None:
+        raise errors.UnsupportedVersion(f"{namespace} is not an MM7 namespace")
+    return MM7_NAMESPACES[name]
+
+
+def read_reply(data: bytes) -> Reply:
+    """As much of the request as an answer needs, for faults raised before or after reading."""
+    reply = Reply()
+    try:
+        header, body = split_envelope(parse_xml(data))
+    except errors.MM7Error:
+        return reply
+    transaction = transaction_id_of(header)
+    if transaction is not None:
+        reply.transaction_id = text_of(transaction)
+    operation = next(iter(children(body)), None)
+    if operation is not None:
+        name = mm7_name(namespace_of(operation.tag) or namespace_of(getattr(transaction, "tag", "")))
+        if name:
+            reply.namespace = MM7_NAMESPACES[name]
+        version = first_child(operation, "MM7Version")
+        reply.mm7_version = text_of(version) if version is not None else None
+    return reply
+
+
+def read(data: bytes) -> ReadEnvelope:
+    """Read the root XML part of a request into its canonical form, or raise an MM7Error."""
+    header, body = split_envelope(parse_xml(data))
+    transaction = transaction_id_of(header)
+    operation = next(iter(children(body)), None)
+    if operation is None:
+        raise errors.ValidationError("the SOAP Body is empty")
+    namespace = operation_namespace(operation, transaction)
+    name = local_name(operation.tag)
+    if name not in SERVED_OPERATIONS:
+        raise errors.UnsupportedOperation(f"{name} is not served by this endpoint")
+    read_envelope = ReadEnvelope(
+        namespace=namespace,
+        operation=name,
+        document=etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap={"env": SOAP_ENV}),
+        transaction_id=text_of(transaction) if transaction is not None else None,
+    )
+    canonical_header = etree.SubElement(read_envelope.document, f"{{{SOAP_ENV}}}Header")
+    if read_envelope.transaction_id is not None:
+        tid = etree.SubElement(canonical_header, f"{{{namespace}}}TransactionID")
+        tid.text = read_envelope.transaction_id
+    canonical_body = etree.SubElement(read_envelope.document, f"{{{SOAP_ENV}}}Body")
+    canonical_body.append(canonical_delivery_report(operation, read_envelope))
+    return read_envelope
+
+
+def canonical_delivery_report(operation: etree._Element, into: ReadEnvelope) -> etree._Element:
+    """DeliveryReportReq in REL-6 names and order; unknown elements stay in the raw envelope."""
+    ns = into.namespace
+    found: dict[str, etree._Element] = {}
+    for child in children(operation):
+        name = ALIASES.get(local_name(child.tag), local_name(child.tag))
+        if name in DELIVERY_REPORT_ORDER and name not in found:
+            found[name] = child
+    out = etree.Element(f"{{{ns}}}DeliveryReportReq")
+    for name in DELIVERY_REPORT_ORDER:
+        source = found.get(name)
+        if source is None:
+            continue
+        if name in ADDRESS_ELEMENTS:
+            address = canonical_address(source, ns, name)
+            if address is not None:
+                out.append(address)
+        elif name == "UACapabilities":
+            out.append(canonical_capabilities(source, ns, into))
+        elif name == "Date":
+            value = text_of(source)
+            into.as_sent["Date"] = value
+            if XS_DATETIME.match(value):
+                etree.SubElement(out, f"{{{ns}}}Date").text = value
+        else:
+            value = text_of(source)
+            if value or name not in MANDATORY:
+                etree.SubElement(out, f"{{{ns}}}{name}").text = value
+    for name in MANDATORY:
+        if out.find(f"{{{ns}}}{name}") is None:
+            raise errors.MissingElement(name, "DeliveryReportReq")
+    version = out.find(f"{{{ns}}}MM7Version")
+    into.mm7_version = version.text if version is not None else None
+    return out
+
+
+def canonical_address(source: etree._Element, ns: str, name: str) -> etree._Element | None:
+    """`<Recipient><Number>` from any of: a kind child, a `To`/`Cc`/`Bcc` list, bare text."""
+    for wrapper in ("To", "Cc", "Bcc"):
+        listed = first_child(source, wrapper)
+        if listed is not None:
+            return canonical_address(listed, ns, name)
+    out = etree.Element(f"{{{ns}}}{name}")
+    for child in children(source):
+        kind = local_name(child.tag)
+        if kind in ADDRESS_KINDS and text_of(child):
+            value = etree.SubElement(out, f"{{{ns}}}{kind}")
+            value.text = text_of(child)
+            for attribute, attribute_value in child.attrib.items():
+                if local_name(attribute) in ADDRESS_ATTRIBUTES:
+                    value.set(local_name(attribute), attribute_value.strip())
+            return out
+    bare = text_of(source)
+    if not bare:
+        return None
+    # A bare-text address (China Mobile's `<Sender>1065580001</Sender>`): an e-mail-like
+    # value is an RFC2822Address, anything else a Number.
+    kind = "RFC2822Address" if "@" in bare else "Number"
+    etree.SubElement(out, f"{{{ns}}}{kind}").text = bare
+    return out
+
+
+def canonical_capabilities(source: etree._Element, ns: str, into: ReadEnvelope) -> etree._Element:
+    out = etree.Element(f"{{{ns}}}UACapabilities")
+    for attribute, value in source.attrib.items():
+        name = local_name(attribute)
+        if name == "UAProf":
+            out.set("UAProf", value.strip())
+        elif name == "TimeStamp":
+            into.as_sent["UACapabilities/TimeStamp"] = value.strip()
+            if XS_DATETIME.match(value.strip()):
+                out.set("TimeStamp", value.strip())
+    return out
