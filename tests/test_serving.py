@@ -1,0 +1,92 @@
+"""The service under gunicorn: `mm7soap serve` and `gunicorn -c gunicorn.conf.py`."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import SINCH_CONTENT_TYPE, data
+
+ROOT = Path(__file__).parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(port: int, body: bytes) -> tuple[int, str, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", "/mm7", body, {"Content-Type": SINCH_CONTENT_TYPE, "X-Mblox-Carrier-Id": "0001890"})
+    response = conn.getresponse()
+    result = response.status, response.getheader("Content-Type", ""), response.read()
+    conn.close()
+    return result
+
+
+def wait_until_listening(port: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {process.stdout.read()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("server did not start listening")
+
+
+def run(command: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    process = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+
+
+@pytest.fixture(params=["mm7soap serve", "gunicorn -c gunicorn.conf.py"])
+def served(request, tmp_path) -> Iterator[tuple[int, Path]]:
+    port, database = free_port(), tmp_path / "served.db"
+    if request.param == "mm7soap serve":
+        command = [str(BIN / "mm7soap"), "serve", "--database", str(database), "--port", str(port), "--workers", "2"]
+        env: dict[str, str] = {}
+    else:
+        command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "mm7soap.wsgi:application"]
+        env = {"MM7SOAP_DATABASE": str(database), "MM7SOAP_PORT": str(port)}
+    for process in run(command, env):
+        wait_until_listening(port, process)
+        yield port, database
+
+
+def test_served_under_gunicorn_stores_then_acknowledges(served):
+    port, database = served
+    for _ in range(4):  # more requests than workers, so each worker's connection is used
+        status, content_type, body = post(port, data("sinch_delivery_report.xml"))
+        assert status == 200
+        assert content_type == "text/xml; charset=utf-8"
+        assert b"<StatusCode>1000</StatusCode>" in body
+    import sqlite3
+
+    conn = sqlite3.connect(database)
+    assert conn.execute("SELECT count(*), max(operator_id) FROM delivery_reports").fetchone() == (1, "0001890")
+    conn.close()

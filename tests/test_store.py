@@ -1,0 +1,94 @@
+"""The store: durable, idempotent, migrated, and failing loudly (3000) rather than acking."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from mm7soap.store import MIGRATIONS, Store
+from tests.helpers import assert_fault, call, data
+
+NS = "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/REL-6-MM7-1-4"
+
+
+def test_wal_and_synchronous_full_by_default(app):
+    db = app.store.db
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_migrations_are_recorded_and_idempotent(settings):
+    store = Store(settings)
+    assert store.migrate() == len(MIGRATIONS)
+    assert store.migrate() == len(MIGRATIONS)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_lookup_by_message_id_uses_an_index(app):
+    plan = app.store.db.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM delivery_reports WHERE message_id = ?", ["x"]
+    ).fetchall()
+    assert any("USING INDEX" in str(step) for step in plan)
+
+
+def test_a_report_is_committed_before_the_answer(app, settings):
+    response = call(app, data("sinch_delivery_report.xml"))
+    assert response.status == 200
+    # A separate connection, as another process would open, sees the committed row.
+    other = sqlite3.connect(settings.database)
+    assert other.execute("SELECT message_id FROM delivery_reports").fetchall() == [("481516234200000001",)]
+    other.close()
+
+
+def test_database_locked_past_busy_timeout_is_a_server_fault_3000_and_no_row(app, settings):
+    blocker = sqlite3.connect(settings.database, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        response = call(app, data("sinch_delivery_report.xml"))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    error = assert_fault(response, "Server", 3000, NS)
+    assert error is not None
+    assert response.text("Header/TransactionID") == "tx-20261127-0042"
+    assert list(app.store.delivery_reports()) == []
+    # Once the lock is gone the same report is stored and acknowledged.
+    assert call(app, data("sinch_delivery_report.xml")).status == 200
+    assert len(list(app.store.delivery_reports())) == 1
+
+
+def test_disk_full_is_a_server_fault_3000_and_no_row(app):
+    db = app.store.db
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages}")
+    big = data("sinch_delivery_report.xml").replace(b"<StatusText>Success", b"<StatusText>" + b"x" * 200_000)
+    response = call(app, big)
+    assert_fault(response, "Server", 3000, NS)
+    assert not db.conn.in_transaction
+    assert list(app.store.delivery_reports()) == []
+
+
+def test_read_only_database_is_a_server_fault_3000(app, monkeypatch, settings):
+    app.store.db.execute("PRAGMA query_only = ON")
+    response = call(app, data("sinch_delivery_report.xml"))
+    assert_fault(response, "Server", 3000, NS)
+    app.store.db.execute("PRAGMA query_only = OFF")
+    assert list(app.store.delivery_reports()) == []
+
+
+def test_each_process_opens_its_own_connection(settings, monkeypatch):
+    store = Store(settings)
+    first = store.db
+    assert store.db is first
+    monkeypatch.setattr("mm7soap.store.os.getpid", lambda: -1)  # as after a fork
+    assert store.db is not first
+
+
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL", "EXTRA"])
+def test_synchronous_setting_is_applied(tmp_path, synchronous):
+    from mm7soap.settings import Settings
+
+    store = Store(Settings(database=str(tmp_path / "s.db"), synchronous=synchronous))
+    levels = {"NORMAL": 1, "FULL": 2, "EXTRA": 3}
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == levels[synchronous]
