@@ -31,6 +31,12 @@ DEFAULT_NAMESPACE = MM7_NAMESPACES[DEFAULT_NAME]
 DEFAULT_MM7_VERSION = "6.8.0"
 
 
+def default_version(namespace: str) -> str:
+    """The MM7Version to answer with when a request carries none: Sinch's pairing (sinch.md
+    §1) of 6.8.0 with REL-6-MM7-1-4 and 5.3.0 with every other namespace."""
+    return DEFAULT_MM7_VERSION if namespace == DEFAULT_NAMESPACE else "5.3.0"
+
+
 def mm7_name(namespace: str) -> str | None:
     """`REL-6-MM7-1-4` for its full URI; None for anything that is not an MM7 namespace.
 

@@ -16,7 +16,7 @@ from spyne import Application, MethodContext, ServiceBase, rpc
 from spyne.server import ServerBase
 
 from mm7soap import envelope, errors
-from mm7soap.namespaces import MM7_NAMESPACES, SOAP_ENV
+from mm7soap.namespaces import MM7_NAMESPACES, SOAP_ENV, default_version
 from mm7soap.soap import MM7Soap11, fault_document
 from mm7soap.store import Store
 from mm7soap.types import ADDRESS_KINDS, MM7Types
@@ -143,7 +143,7 @@ def build_application(namespace: str, store: Store) -> MM7Application:
             store.save_delivery_report(delivery_report_row(req, ctx.udc))
             ctx.out_header = ctx.in_header
             return types.GenericResponse(
-                MM7Version=req.MM7Version,
+                MM7Version=req.MM7Version or default_version(namespace),
                 Status=types.Status(StatusCode=1000, StatusText=SUCCESS_TEXT),
             )
 

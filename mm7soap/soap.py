@@ -17,7 +17,7 @@ from spyne.protocol.soap import Soap11
 
 from mm7soap import errors
 from mm7soap.envelope import Reply
-from mm7soap.namespaces import DEFAULT_MM7_VERSION, SOAP_ENV
+from mm7soap.namespaces import SOAP_ENV, default_version
 
 MUST_UNDERSTAND = f"{{{SOAP_ENV}}}mustUnderstand"
 
@@ -99,7 +99,7 @@ def fault_document(error: errors.MM7Error, reply: Reply) -> bytes:
     etree.SubElement(fault, "faultstring").text = error.status_text
     detail = etree.SubElement(fault, "detail")
     rsp = mm7_element(detail, ns, "VASPErrorRsp")
-    etree.SubElement(rsp, f"{{{ns}}}MM7Version").text = reply.mm7_version or DEFAULT_MM7_VERSION
+    etree.SubElement(rsp, f"{{{ns}}}MM7Version").text = reply.mm7_version or default_version(ns)
     status = etree.SubElement(rsp, f"{{{ns}}}Status")
     etree.SubElement(status, f"{{{ns}}}StatusCode").text = str(error.status_code)
     etree.SubElement(status, f"{{{ns}}}StatusText").text = error.status_text

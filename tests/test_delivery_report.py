@@ -231,3 +231,18 @@ def test_recipient_wrapping_to_with_rfc2822_address_and_no_sender_or_date(app):
     assert (row["recipient"], row["recipient_kind"]) == ("+15551230003/TYPE=PLMN@mms.example.net", "RFC2822Address")
     assert row["sender"] is None and row["date_sent"] is None
     assert row["mm_status"] == "Unrecognized"
+
+
+@pytest.mark.parametrize(("name", "version"), [("REL-6-MM7-1-4", "6.8.0"), ("REL-5-MM7-1-2", "5.3.0")])
+def test_a_request_without_mm7_version_is_answered_with_the_namespace_default(app, name, version):
+    body = template(
+        "delivery_report_template.xml",
+        namespace=MM7_NAMESPACES[name],
+        version="",
+        transaction_id="t",
+        message_id="m",
+        status="Retrieved",
+    ).replace(b"<mm7:MM7Version></mm7:MM7Version>", b"")
+    response = call(app, body)
+    assert response.status == 200
+    assert response.text("Body/DeliveryReportRsp/MM7Version") == version
