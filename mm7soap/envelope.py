@@ -53,6 +53,8 @@ ADDRESS_ELEMENTS = ("Recipient", "Sender")
 MANDATORY = ("MessageID", "Recipient", "MMStatus")
 ADDRESS_ATTRIBUTES = ("displayOnly", "addressCoding", "id")
 
+NEXT_ACTOR = "http://schemas.xmlsoap.org/soap/actor/next"
+
 # xs:dateTime, strictly: two-digit month and day, optional fraction and zone.
 XS_DATETIME = re.compile(
     r"^-?\d{4,}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?$",
@@ -99,20 +101,37 @@ def make_parser(encoding: str | None = None) -> etree.XMLParser:
     )
 
 
-def parse_xml(data: bytes) -> etree._Element:
-    """Parse the root part; UTF-8 bytes labelled `utf-16` (Vibes) are read as UTF-8."""
+def fallback_encodings(data: bytes, charset: str | None) -> list[str]:
+    """Encodings to try when the bytes do not parse as they declare themselves.
+
+    The XML declaration wins whenever the bytes are valid in it.  When they are not:
+    UTF-8 bytes labelled `utf-16` (Vibes) are read as UTF-8, then the HTTP charset is tried.
+    """
+    candidates = []
+    declared = ENCODING_DECLARATION.match(data)
+    if declared and declared.group(2).lower().startswith(b"utf-16"):
+        candidates.append("utf-8")
+    if charset and charset.lower() not in candidates:
+        candidates.append(charset.lower())
+    return candidates
+
+
+def parse_xml(data: bytes, charset: str | None = None) -> etree._Element:
+    """Parse the root part leniently as to charset, strictly as to everything else."""
     if not data.strip():
         raise errors.ValidationError("the request has no XML")
     try:
         root = etree.fromstring(data, make_parser())
-    except etree.XMLSyntaxError as exc:
-        declared = ENCODING_DECLARATION.match(data)
-        if not (declared and declared.group(2).lower().startswith(b"utf-16")):
+    except (etree.XMLSyntaxError, LookupError) as exc:
+        root = None
+        for encoding in fallback_encodings(data, charset):
+            try:
+                root = etree.fromstring(data, make_parser(encoding))
+                break
+            except (etree.XMLSyntaxError, LookupError):
+                continue
+        if root is None:
             raise errors.ValidationError(f"not well-formed XML: {exc}") from None
-        try:
-            root = etree.fromstring(data, make_parser("utf-8"))
-        except etree.XMLSyntaxError as exc2:
-            raise errors.ValidationError(f"not well-formed XML: {exc2}") from None
     if root.getroottree().docinfo.internalDTD is not None:
         raise errors.ValidationError("a DTD is not allowed in an MM7 request")
     return root
@@ -146,7 +165,7 @@ def text_of(element: etree._Element) -> str:
 def split_envelope(root: etree._Element) -> tuple[etree._Element | None, etree._Element]:
     """(Header, Body) of a SOAP 1.1 envelope, or a Client fault saying why not."""
     if root.tag == f"{{{SOAP12_ENV}}}Envelope":
-        raise errors.ValidationError("a SOAP 1.2 envelope; MM7 uses SOAP 1.1")
+        raise errors.VersionMismatchError("a SOAP 1.2 envelope; MM7 uses SOAP 1.1")
     if root.tag != f"{{{SOAP_ENV}}}Envelope":
         raise errors.ValidationError(f"the root element is {local_name(root.tag)}, not a SOAP 1.1 Envelope")
     header = body = None
@@ -158,6 +177,18 @@ def split_envelope(root: etree._Element) -> tuple[etree._Element | None, etree._
     if body is None:
         raise errors.ValidationError("the envelope has no Body")
     return header, body
+
+
+def check_must_understand(header: etree._Element | None) -> None:
+    """SOAP 1.1 §4.2.3: a header entry for us with mustUnderstand="1" that we do not know is a
+    MustUnderstand fault.  TransactionID is the only header MM7 defines."""
+    for entry in children(header) if header is not None else []:
+        if local_name(entry.tag) == "TransactionID":
+            continue
+        must = (entry.get(f"{{{SOAP_ENV}}}mustUnderstand") or "0").strip().lower() in ("1", "true")
+        actor = (entry.get(f"{{{SOAP_ENV}}}actor") or "").strip()
+        if must and actor in ("", NEXT_ACTOR):
+            raise errors.MustUnderstandError(local_name(entry.tag))
 
 
 def transaction_id_of(header: etree._Element | None) -> etree._Element | None:
@@ -177,11 +208,11 @@ def operation_namespace(operation: etree._Element, transaction: etree._Element |
     return MM7_NAMESPACES[name]
 
 
-def read_reply(data: bytes) -> Reply:
+def read_reply(data: bytes, charset: str | None = None) -> Reply:
     """As much of the request as an answer needs, for faults raised before or after reading."""
     reply = Reply()
     try:
-        header, body = split_envelope(parse_xml(data))
+        header, body = split_envelope(parse_xml(data, charset))
     except errors.MM7Error:
         return reply
     transaction = transaction_id_of(header)
@@ -197,9 +228,10 @@ def read_reply(data: bytes) -> Reply:
     return reply
 
 
-def read(data: bytes) -> ReadEnvelope:
+def read(data: bytes, charset: str | None = None) -> ReadEnvelope:
     """Read the root XML part of a request into its canonical form, or raise an MM7Error."""
-    header, body = split_envelope(parse_xml(data))
+    header, body = split_envelope(parse_xml(data, charset))
+    check_must_understand(header)
     transaction = transaction_id_of(header)
     operation = next(iter(children(body)), None)
     if operation is None:

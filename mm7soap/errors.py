@@ -14,6 +14,10 @@ class MM7Error(Exception):
     faultcode = "Server"
     status_code = 3000
     status_text = "Server Error"
+    # The HTTP status when it is not the fault default (500, or 200 by setting).
+    http_status: int | None = None
+    # Extra HTTP headers of the answer.
+    http_headers: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, details: str = "", *, status_text: str | None = None) -> None:
         super().__init__(details or self.status_text)
@@ -52,6 +56,77 @@ class UnsupportedOperation(MM7Error):
     faultcode = "Client"
     status_code = 4003
     status_text = "Unsupported operation"
+
+
+class MustUnderstandError(ValidationError):
+    """A SOAP header addressed to us with mustUnderstand="1" that we do not understand."""
+
+    faultcode = "MustUnderstand"
+
+    def __init__(self, header: str) -> None:
+        super().__init__(f"the SOAP header {header} must be understood and is not")
+        self.header = header
+
+
+class VersionMismatchError(ValidationError):
+    """A SOAP 1.2 (or other) envelope: MM7 is SOAP 1.1."""
+
+    faultcode = "VersionMismatch"
+
+
+class NotFoundError(MM7Error):
+    """A path that is not the MM7 endpoint."""
+
+    faultcode = "Client"
+    status_code = 4000
+    status_text = "General service error"
+    http_status = 404
+
+
+class MethodNotAllowedError(MM7Error):
+    """An HTTP method other than POST (or GET for the WSDL)."""
+
+    faultcode = "Client"
+    status_code = 4003
+    status_text = "Unsupported operation"
+    http_status = 405
+    http_headers = (("Allow", "POST, GET"),)
+
+
+class AuthenticationError(MM7Error):
+    """Missing or wrong HTTP Basic credentials."""
+
+    faultcode = "Client"
+    status_code = 4001
+    status_text = "Improper identification"
+    http_status = 401
+    http_headers = (("WWW-Authenticate", 'Basic realm="mm7soap"'),)
+
+
+class ForbiddenError(MM7Error):
+    """A client address outside the allow list."""
+
+    faultcode = "Client"
+    status_code = 4007
+    status_text = "Service denied"
+    http_status = 403
+
+
+class TooLargeError(MM7Error):
+    """A body over the size limit; the connection is closed rather than read to the end."""
+
+    faultcode = "Client"
+    status_code = 2004
+    status_text = "Multimedia content refused"
+    http_status = 413
+    http_headers = (("Connection", "close"),)
+
+
+class RequestTimeoutError(ValidationError):
+    """A client that stopped sending its body, or went away, before it was complete."""
+
+    http_status = 408
+    http_headers = (("Connection", "close"),)
 
 
 class StoreError(MM7Error):

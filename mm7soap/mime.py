@@ -7,6 +7,7 @@ root, as Mbuni reads it) — spec.md §1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
@@ -26,15 +27,23 @@ def strip_angles(value: str) -> str:
     return value.strip().removeprefix("<").removesuffix(">").strip()
 
 
-def root_part(content_type: str, body: bytes) -> bytes:
-    """The bytes of the SOAP envelope carried by an HTTP request body."""
+@dataclass(frozen=True)
+class RootPart:
+    """The SOAP envelope's bytes and the charset its Content-Type names, if any."""
+
+    data: bytes
+    charset: str | None = None
+
+
+def root_part(content_type: str, body: bytes) -> RootPart:
+    """The SOAP envelope carried by an HTTP request body."""
     media_type, params = content_type_parts(content_type)
     if not media_type.startswith("multipart/"):
-        return body
+        return RootPart(body, params.get("charset"))
     boundary = params.get("boundary")
     # Sinch's delivery reports: `multipart/related; type="text/xml";` and a bare envelope.
     if not boundary or f"--{boundary}".encode() not in body:
-        return body
+        return RootPart(body)
     message = BytesParser(policy=compat32).parsebytes(
         f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1") + body
     )
@@ -45,7 +54,7 @@ def root_part(content_type: str, body: bytes) -> bytes:
     payload = root.get_payload(decode=True)
     if not isinstance(payload, bytes):
         raise errors.ValidationError("the root part of the multipart body holds no XML")
-    return payload
+    return RootPart(payload, root.get_content_charset())
 
 
 def find_start(parts: list[Message], start: str | None) -> Message:
@@ -53,6 +62,6 @@ def find_start(parts: list[Message], start: str | None) -> Message:
     if start:
         wanted = strip_angles(start)
         for part in parts:
-            if strip_angles(part.get("Content-ID", "")) == wanted:
+            if strip_angles(str(part.get("Content-ID", ""))) == wanted:
                 return part
     return parts[0]

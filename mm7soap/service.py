@@ -31,6 +31,8 @@ class Inbound:
     """What the HTTP request says about a message, beyond its envelope."""
 
     raw_envelope: bytes
+    # The charset the HTTP Content-Type (or the MIME root part) named, if any.
+    charset: str | None = None
     client_address: str | None = None
     operator_id: str | None = None
     received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
@@ -164,14 +166,15 @@ class Endpoint:
         self.servers = {ns: HttpServer(build_application(ns, store)) for ns in MM7_NAMESPACES.values()}
 
     def answer(self, inbound: Inbound) -> Answer:
+        read: envelope.ReadEnvelope | None = None
         try:
-            read = envelope.read(inbound.raw_envelope)
+            read = envelope.read(inbound.raw_envelope, inbound.charset)
             return Answer(fault=False, body=self.run(read, inbound))
         except errors.MM7Error as exc:
-            return self.fault(exc, inbound)
+            return self.fault(exc, read, inbound)
         except Exception:
             log.exception("unexpected failure answering an MM7 request")
-            return self.fault(errors.MM7Error("unexpected server error"), inbound)
+            return self.fault(errors.MM7Error("unexpected server error"), read, inbound)
 
     def run(self, read: envelope.ReadEnvelope, inbound: Inbound) -> bytes:
         """Spyne's request pipeline, on the already-read envelope."""
@@ -192,8 +195,12 @@ class Endpoint:
         server.get_out_string(ctx)
         return b"".join(ctx.out_string)
 
-    def fault(self, error: errors.MM7Error, inbound: Inbound) -> Answer:
-        reply = envelope.read_reply(inbound.raw_envelope)
+    def fault(self, error: errors.MM7Error, read: envelope.ReadEnvelope | None, inbound: Inbound) -> Answer:
+        """The Fault for `error`, in the request's namespace as far as it could be read."""
+        if read is not None:
+            reply = envelope.Reply(read.namespace, read.mm7_version, read.transaction_id)
+        else:
+            reply = envelope.read_reply(inbound.raw_envelope, inbound.charset)
         return Answer(fault=True, body=fault_document(error, reply))
 
 

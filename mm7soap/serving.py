@@ -23,7 +23,11 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     return {
         "bind": settings.bind,
         "workers": settings.workers,
-        "worker_class": "sync",
+        # Threads, not sync workers: keep-alive connections are kept (Sinch sends
+        # `Connection: Keep-Alive`), and a client stalling mid-body holds one thread
+        # until the read timeout rather than a whole worker.
+        "worker_class": "gthread",
+        "threads": settings.threads,
         # Sinch gives up after 10 s and retries; a request still running past the
         # timeout has its worker replaced, and its report was not acknowledged.
         "timeout": settings.timeout,

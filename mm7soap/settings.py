@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -27,10 +28,22 @@ class Settings:
     # HTTP status of a SOAP Fault: 500 per SOAP 1.1; some MMSCs want 200.
     fault_http_status: int = 500
     workers: int = 2
+    # Threads per worker: a slow or stalled client holds one thread, not a whole worker.
+    threads: int = 4
     # Seconds gunicorn lets a request run before the worker is replaced.
     timeout: int = 30
-    # Where the service's log goes ('-' is stderr).
     log_level: str = "info"
+    # Largest request body accepted; a larger one gets 413 without being read.
+    max_body_bytes: int = 20 * 1024 * 1024
+    # Seconds a client may pause while sending its body before it is dropped (408).
+    read_timeout: float = 10.0
+    # HTTP Basic credentials an MMSC must send; no user means no authentication.
+    auth_user: str = ""
+    auth_password: str = ""
+    # Networks (CIDRs) allowed to post; empty means any address.
+    allow_ips: tuple[str, ...] = ()
+    # Proxies (CIDRs) whose X-Forwarded-For is believed, e.g. the TLS-terminating one.
+    trusted_proxies: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -43,8 +56,8 @@ class Settings:
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
-                values[f.name] = int(raw) if f.type == "int" else raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
+                values[f.name] = parse_value(f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
         return replace(cls(), **values).checked()
 
     def checked(self) -> Settings:
@@ -54,8 +67,23 @@ class Settings:
             raise ValueError("fault_http_status must be 200 or 500")
         if not self.path.startswith("/"):
             raise ValueError("path must start with /")
+        for network in (*self.allow_ips, *self.trusted_proxies):
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        if self.auth_password and not self.auth_user:
+            raise ValueError("auth_password is set but auth_user is not")
         return self
 
     @property
     def bind(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+def parse_value(type_name: str, raw: str) -> Any:
+    """An environment variable's text as the setting's type (lists are comma-separated)."""
+    if type_name == "int":
+        return int(raw)
+    if type_name == "float":
+        return float(raw)
+    if type_name.startswith("tuple"):
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+    return raw

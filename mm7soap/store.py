@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import sqlite_utils
@@ -73,8 +74,17 @@ def migrate_1_delivery_reports(db: sqlite_utils.Database) -> None:
     )
 
 
+def migrate_2_health(db: sqlite_utils.Database) -> None:
+    # One row, rewritten by every health check: a real durable write, so a read-only
+    # file, a full disk or a held lock shows up in /health as it would for a report.
+    db.execute("CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at TEXT NOT NULL)")
+
+
 # Each migration runs once, in order; `PRAGMA user_version` counts those applied.
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (migrate_1_delivery_reports,)
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    migrate_1_delivery_reports,
+    migrate_2_health,
+)
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,18 @@ class Store:
                 return Stored(id=existing, duplicate=True)
         except sqlite3.Error as exc:
             raise errors.StoreError(f"the report could not be stored: {exc}") from exc
+
+    def check_writable(self) -> None:
+        """Commit one small write, as a report would be; StoreError when that fails."""
+        try:
+            with transaction(self.db) as db:
+                db.execute(
+                    "INSERT INTO health (id, checked_at) VALUES (1, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                    [datetime.now(timezone.utc).isoformat()],
+                )
+        except sqlite3.Error as exc:
+            raise errors.StoreError(f"the database is not writable: {exc}") from exc
 
     def find_resent(self, row: dict[str, Any]) -> int:
         found = self.db.execute(

@@ -1,18 +1,24 @@
 """HTTP: the WSGI application an MMSC posts to.
 
-HTTP → here (method, path, body, MIME) → `service.Endpoint` (SOAP/Spyne → service → store)
-→ the answer.  `SOAPAction` is not looked at: MM7 dispatches on the Body's first child, and
+HTTP → here (route, who may post, body size and pace, MIME) → `service.Endpoint`
+(SOAP/Spyne → service → store) → the answer.  Every answer but the WSDL and /health is a
+SOAP envelope in `text/xml`: refusals at the HTTP level are Faults too, with their own
+HTTP status.  `SOAPAction` is not looked at: MM7 dispatches on the Body's first child, and
 MMSCs send `""`, the namespace URI, anything or nothing (spec.md §1).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
 from mm7soap import errors, mime
+from mm7soap.access import AccessPolicy
 from mm7soap.envelope import Reply
 from mm7soap.namespaces import DEFAULT_NAME, MM7_NAMESPACES
 from mm7soap.service import Answer, Endpoint, Inbound
@@ -25,9 +31,23 @@ log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
 XML = "text/xml; charset=utf-8"
+HEALTH_PATH = "/health"
+READ_CHUNK = 64 * 1024
 
 # The HTTP headers in which Sinch names the mobile operator (sinch.md §8); WSGI spells them so.
 OPERATOR_HEADERS = ("HTTP_X_MBLOX_CARRIER_ID", "HTTP_X_MBLOX_OPERATOR_ID")
+
+
+@dataclass
+class HttpAnswer:
+    status: int
+    body: bytes
+    content_type: str = XML
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def status_line(self) -> str:
+        return f"{self.status} {HTTPStatus(self.status).phrase}"
 
 
 class MM7WsgiApp:
@@ -39,63 +59,106 @@ class MM7WsgiApp:
         self.store.migrate()
         self.endpoint = Endpoint(self.store)
         self.wsdl = WsdlDocuments(self.endpoint)
-        self.paths = {settings.path.rstrip("/") or "/", "/"}
+        self.access = AccessPolicy(settings)
+        self.endpoint_paths = {settings.path.rstrip("/"), ""}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
-            status, headers, body = self.handle(environ)
+            answer = self.route(environ)
+        except errors.MM7Error as exc:
+            answer = self.fault(exc)
         except Exception:
             log.exception("unexpected failure in the HTTP layer")
-            status, headers, body = self.fault(errors.MM7Error("unexpected server error"))
-        headers.append(("Content-Length", str(len(body))))
-        start_response(status, headers)
-        return [body]
+            answer = self.fault(errors.MM7Error("unexpected server error"))
+        headers = [("Content-Type", answer.content_type), *answer.headers, ("Content-Length", str(len(answer.body)))]
+        start_response(answer.status_line, headers)
+        return [answer.body]
 
-    def handle(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+    def route(self, environ: dict[str, Any]) -> HttpAnswer:
         method = environ.get("REQUEST_METHOD", "GET").upper()
         path = environ.get("PATH_INFO", "") or "/"
-        if path.rstrip("/") not in {p.rstrip("/") for p in self.paths}:
-            return self.fault(errors.MM7Error(f"no MM7 endpoint at {path}"), http_status="404 Not Found")
+        if path.rstrip("/") == HEALTH_PATH and method in ("GET", "HEAD"):
+            return self.health()
+        if path.rstrip("/") not in self.endpoint_paths:
+            raise errors.NotFoundError(f"no MM7 endpoint at {path}")
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         wsdl = next((values[-1] for key, values in query.items() if key.lower() == "wsdl"), None)
         if method == "GET" and wsdl is not None:
-            # `?wsdl` is REL-6-MM7-1-4's; `?wsdl=REL-5-MM7-1-0` names another namespace.
-            name = wsdl or DEFAULT_NAME
-            if name not in MM7_NAMESPACES:
-                return self.fault(errors.UnsupportedVersion(f"no WSDL for {name}"), http_status="404 Not Found")
-            return "200 OK", [("Content-Type", XML)], self.wsdl.for_url(request_url(environ), name)
+            return self.wsdl_document(environ, wsdl)
         if method != "POST":
-            status, headers, body = self.fault(
-                errors.MM7Error(f"{method} is not an MM7 request; POST a SOAP envelope"),
-                http_status="405 Method Not Allowed",
-            )
-            return status, [*headers, ("Allow", "POST, GET")], body
-        try:
-            raw_envelope = mime.root_part(environ.get("CONTENT_TYPE", ""), read_body(environ))
-        except errors.MM7Error as exc:
-            return self.fault(exc)
+            raise errors.MethodNotAllowedError(f"{method} is not an MM7 request; POST a SOAP envelope")
+        client = self.access.check(environ)
+        root = mime.root_part(environ.get("CONTENT_TYPE", ""), self.read_body(environ))
         inbound = Inbound(
-            raw_envelope=raw_envelope,
-            client_address=environ.get("REMOTE_ADDR"),
+            raw_envelope=root.data,
+            charset=root.charset,
+            client_address=client,
             operator_id=operator_id(environ),
         )
-        return self.respond(self.endpoint.answer(inbound))
+        return self.soap_answer(self.endpoint.answer(inbound))
 
-    def respond(self, answer: Answer) -> tuple[str, list[tuple[str, str]], bytes]:
-        status = "200 OK" if not answer.fault or self.settings.fault_http_status == 200 else "500 Internal Server Error"
-        return status, [("Content-Type", XML)], answer.body
+    def soap_answer(self, answer: Answer) -> HttpAnswer:
+        status = 200 if not answer.fault else self.settings.fault_http_status
+        return HttpAnswer(status, answer.body)
 
-    def fault(self, error: errors.MM7Error, http_status: str | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
-        status, headers, body = self.respond(Answer(fault=True, body=fault_document(error, Reply())))
-        return http_status or status, headers, body
+    def fault(self, error: errors.MM7Error) -> HttpAnswer:
+        """A Fault raised before the envelope was read: the default namespace, no TransactionID."""
+        status = error.http_status or self.settings.fault_http_status
+        return HttpAnswer(status, fault_document(error, Reply()), headers=list(error.http_headers))
+
+    def wsdl_document(self, environ: dict[str, Any], name: str) -> HttpAnswer:
+        """`?wsdl` is REL-6-MM7-1-4's; `?wsdl=REL-5-MM7-1-0` names another namespace."""
+        name = name or DEFAULT_NAME
+        if name not in MM7_NAMESPACES:
+            raise errors.NotFoundError(f"no WSDL for {name}")
+        return HttpAnswer(200, self.wsdl.for_url(request_url(environ), name))
+
+    def health(self) -> HttpAnswer:
+        """200 when a report could be stored right now, 503 (and why) when not."""
+        try:
+            self.store.check_writable()
+        except errors.StoreError as exc:
+            report = {"status": "error", "database": "not writable", "error": exc.details}
+            return HttpAnswer(503, json.dumps(report).encode(), "application/json")
+        report = {"status": "ok", "database": "writable"}
+        return HttpAnswer(200, json.dumps(report).encode(), "application/json")
+
+    def read_body(self, environ: dict[str, Any]) -> bytes:
+        """The request body, refused (413) past the size limit without reading it all, and
+        dropped (408) when the client pauses longer than the read timeout."""
+        limit = self.settings.max_body_bytes
+        length = (environ.get("CONTENT_LENGTH") or "").strip()
+        if length.isdigit() and int(length) > limit:
+            raise errors.TooLargeError(f"the body is {length} bytes; at most {limit} are accepted")
+        sock = environ.get("gunicorn.socket")
+        if sock is not None:
+            # gunicorn's sockets block without limit; a stalled client would hold a thread.
+            sock.settimeout(self.settings.read_timeout)
+        stream = environ["wsgi.input"]
+        try:
+            if length.isdigit():
+                body = read_up_to(stream, int(length))
+            else:  # chunked: read until the end, but never past the limit
+                body = read_up_to(stream, limit + 1)
+                if len(body) > limit:
+                    raise errors.TooLargeError(f"the body is over {limit} bytes")
+        except OSError as exc:  # socket.timeout, a reset connection
+            raise errors.RequestTimeoutError(f"the body did not arrive: {exc}") from None
+        if length.isdigit() and len(body) < int(length):
+            raise errors.RequestTimeoutError("the client closed the connection before sending the whole body")
+        return body
 
 
-def read_body(environ: dict[str, Any]) -> bytes:
-    length = environ.get("CONTENT_LENGTH") or ""
-    stream = environ["wsgi.input"]
-    if length.strip().isdigit():
-        return stream.read(int(length))
-    return stream.read()
+def read_up_to(stream: Any, size: int) -> bytes:
+    """At most `size` bytes, in chunks, until the stream ends."""
+    chunks, remaining = [], size
+    while remaining > 0:
+        chunk = stream.read(min(READ_CHUNK, remaining))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 def operator_id(environ: dict[str, Any]) -> str | None:

@@ -1,0 +1,243 @@
+"""The HTTP layer: /health, methods, size limit, chunked bodies, stalled clients, who may post."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import sqlite3
+import time
+from dataclasses import replace
+
+import pytest
+
+from mm7soap.transport import MM7WsgiApp
+from tests.helpers import assert_fault, call, data
+from tests.test_serving import BIN, free_port, run, wait_until_listening
+
+ENVELOPE = data("sinch_delivery_report.xml")
+
+
+def test_health_is_200_json_when_writable(app):
+    response = call(app, method="GET", path="/health", content_type="")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/json"
+    assert json.loads(response.body) == {"status": "ok", "database": "writable"}
+
+
+def test_health_is_503_while_the_database_is_locked_and_recovers(app, settings):
+    blocker = sqlite3.connect(settings.database, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        response = call(app, method="GET", path="/health", content_type="")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert response.status == 503
+    assert json.loads(response.body)["database"] == "not writable"
+    assert call(app, method="GET", path="/health", content_type="").status == 200
+
+
+def test_health_is_503_when_read_only(app):
+    app.store.db.execute("PRAGMA query_only = ON")
+    assert call(app, method="GET", path="/health", content_type="").status == 503
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS", "GET"])
+def test_other_methods_are_405_with_allow(app, method):
+    response = call(app, ENVELOPE, method=method)
+    assert response.status == 405
+    assert response.headers["Allow"] == "POST, GET"
+    assert_fault(replace(response, status=500), "Client", 4003)
+
+
+class Untouchable(io.RawIOBase):
+    def read(self, size=-1):
+        raise AssertionError("the body was read")
+
+
+def test_body_over_the_limit_is_413_without_reading_it(settings):
+    app = MM7WsgiApp(replace(settings, max_body_bytes=1000))
+    environ_body = Untouchable()
+    captured = {}
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/mm7",
+        "CONTENT_TYPE": "text/xml",
+        "CONTENT_LENGTH": str(5 * 1024 * 1024),
+        "wsgi.input": environ_body,
+        "REMOTE_ADDR": "192.0.2.1",
+    }
+    body = b"".join(app(environ, lambda status, headers: captured.update(status=status, headers=dict(headers))))
+    assert captured["status"].startswith("413")
+    assert captured["headers"]["Connection"] == "close"
+    assert b"<StatusCode>2004</StatusCode>" in body
+
+
+def test_chunked_body_without_content_length_is_read(app):
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/mm7",
+        "CONTENT_TYPE": "text/xml",
+        "wsgi.input": io.BytesIO(ENVELOPE),
+        "REMOTE_ADDR": "192.0.2.1",
+    }
+    captured = {}
+    body = b"".join(app(environ, lambda status, headers: captured.update(status=status)))
+    assert captured["status"].startswith("200")
+    assert b"<StatusCode>1000</StatusCode>" in body
+
+
+def test_chunked_body_over_the_limit_is_413(settings):
+    app = MM7WsgiApp(replace(settings, max_body_bytes=len(ENVELOPE) - 1))
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/mm7",
+        "CONTENT_TYPE": "text/xml",
+        "wsgi.input": io.BytesIO(ENVELOPE),
+    }
+    captured = {}
+    app(environ, lambda status, headers: captured.update(status=status))
+    assert captured["status"].startswith("413")
+    assert list(app.store.delivery_reports()) == []
+
+
+def test_body_shorter_than_content_length_is_refused(app):
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/mm7",
+        "CONTENT_TYPE": "text/xml",
+        "CONTENT_LENGTH": str(len(ENVELOPE) + 100),
+        "wsgi.input": io.BytesIO(ENVELOPE),
+    }
+    captured = {}
+    app(environ, lambda status, headers: captured.update(status=status))
+    assert captured["status"].startswith("408")
+    assert list(app.store.delivery_reports()) == []
+
+
+# --- who may post -----------------------------------------------------------------------
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture
+def guarded(settings):
+    return MM7WsgiApp(replace(settings, auth_user="sinch", auth_password="s3cret:with:colons"))
+
+
+def test_correct_basic_credentials_are_let_in(guarded):
+    response = call(guarded, ENVELOPE, headers={"Authorization": basic("sinch", "s3cret:with:colons")})
+    assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, basic("sinch", "wrong"), basic("other", "s3cret:with:colons"), "Bearer x", "Basic !!!notbase64", "Basic "],
+)
+def test_missing_or_wrong_credentials_are_401_and_nothing_is_stored(guarded, authorization):
+    headers = {} if authorization is None else {"Authorization": authorization}
+    response = call(guarded, ENVELOPE, headers=headers)
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="mm7soap"'
+    assert_fault(replace(response, status=500), "Client", 4001)
+    assert list(guarded.store.delivery_reports()) == []
+
+
+def test_ip_allow_list(settings):
+    refused = MM7WsgiApp(replace(settings, allow_ips=("198.51.100.0/24", "2001:db8::/32")))
+    response = call(refused, ENVELOPE)  # the helpers post from 192.0.2.10
+    assert response.status == 403
+    assert_fault(replace(response, status=500), "Client", 4007)
+    assert list(refused.store.delivery_reports()) == []
+    allowed = MM7WsgiApp(replace(settings, allow_ips=("2001:db8::/32", "192.0.2.0/28")))
+    assert call(allowed, ENVELOPE).status == 200
+
+
+def test_x_forwarded_for_only_from_a_trusted_proxy(settings):
+    app = MM7WsgiApp(replace(settings, allow_ips=("198.51.100.7/32",), trusted_proxies=("192.0.2.0/24",)))
+    # The peer (192.0.2.10) is a trusted proxy: the client is the last untrusted hop.
+    response = call(app, ENVELOPE, headers={"X-Forwarded-For": "203.0.113.9, 198.51.100.7"})
+    assert response.status == 200
+    assert next(iter(app.store.delivery_reports()))["client_address"] == "198.51.100.7"
+    # A forged left-most hop changes nothing.
+    assert call(app, ENVELOPE, headers={"X-Forwarded-For": "198.51.100.7, 203.0.113.9"}).status == 403
+    untrusted = MM7WsgiApp(replace(settings, allow_ips=("198.51.100.7/32",)))
+    assert call(untrusted, ENVELOPE, headers={"X-Forwarded-For": "198.51.100.7"}).status == 403
+
+
+def test_settings_refuse_a_bad_network():
+    from mm7soap.settings import Settings
+
+    with pytest.raises(ValueError):
+        Settings.from_env({"MM7SOAP_ALLOW_IPS": "10.0.0.0/8,not-an-ip"})
+
+
+# --- a live gunicorn: chunked transfer and clients that stall -----------------------------
+
+
+@pytest.fixture
+def live(tmp_path):
+    port = free_port()
+    env = {
+        "MM7SOAP_DATABASE": str(tmp_path / "live.db"),
+        "MM7SOAP_PORT": str(port),
+        "MM7SOAP_READ_TIMEOUT": "1",
+        "MM7SOAP_WORKERS": "1",
+        "MM7SOAP_THREADS": "4",
+    }
+    for process in run([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "mm7soap.wsgi:application"], env):
+        wait_until_listening(port, process)
+        yield port, tmp_path / "live.db"
+
+
+def raw_exchange(port: int, head: bytes, body: bytes = b"", timeout: float = 10) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head + body)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if b"</env:Envelope>" in b"".join(chunks):
+                break
+        return b"".join(chunks)
+
+
+def chunked(body: bytes, size: int = 100) -> bytes:
+    out = b""
+    for i in range(0, len(body), size):
+        piece = body[i : i + size]
+        out += f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    return out + b"0\r\n\r\n"
+
+
+def test_chunked_request_to_gunicorn(live):
+    port, _ = live
+    head = b"POST /mm7 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer = raw_exchange(port, head, chunked(ENVELOPE))
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b"<StatusCode>1000</StatusCode>" in answer
+
+
+def test_a_client_stalling_mid_body_is_dropped_and_blocks_nobody(live):
+    port, database = live
+    head = f"POST /mm7 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nContent-Length: {len(ENVELOPE)}\r\n\r\n"
+    stalled = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    for sock in stalled:
+        sock.sendall(head.encode() + ENVELOPE[:300])
+    started = time.monotonic()
+    answer = raw_exchange(port, head.encode(), ENVELOPE)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert time.monotonic() - started < 1.0  # not queued behind the stalled clients
+    for sock in stalled:
+        sock.settimeout(10)
+        dropped = sock.recv(65536)  # answered and closed after the 1 s read timeout
+        assert dropped == b"" or dropped.startswith(b"HTTP/1.1 408")
+        sock.close()
+    rows = sqlite3.connect(database).execute("SELECT count(*) FROM delivery_reports").fetchone()
+    assert rows == (1,)
