@@ -129,6 +129,16 @@ class RequestTimeoutError(ValidationError):
     http_headers = (("Connection", "close"),)
 
 
+class BadHttpError(ValidationError):
+    """An HTTP request gunicorn could not parse (request line, headers, chunking)."""
+
+    http_headers = (("Connection", "close"),)
+
+    def __init__(self, details: str, http_status: int) -> None:
+        super().__init__(details)
+        self.http_status = http_status
+
+
 class StoreError(MM7Error):
     """3000: the report could not be committed; the MMSC must retry, so never a 1000."""
 

@@ -144,6 +144,10 @@ class MM7WsgiApp:
                     raise errors.TooLargeError(f"the body is over {limit} bytes")
         except OSError as exc:  # socket.timeout, a reset connection
             raise errors.RequestTimeoutError(f"the body did not arrive: {exc}") from None
+        except errors.MM7Error:
+            raise
+        except Exception as exc:  # the server's own parse errors: bad chunk sizes, …
+            raise errors.BadHttpError(f"the body could not be read: {exc}", 400) from None
         if length.isdigit() and len(body) < int(length):
             raise errors.RequestTimeoutError("the client closed the connection before sending the whole body")
         return body

@@ -241,3 +241,23 @@ def test_a_client_stalling_mid_body_is_dropped_and_blocks_nobody(live):
         sock.close()
     rows = sqlite3.connect(database).execute("SELECT count(*) FROM delivery_reports").fetchone()
     assert rows == (1,)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"POST /mm7 HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"POST /mm7 HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+        b"POST /mm7 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n",
+    ],
+)
+def test_http_gunicorn_cannot_parse_is_answered_with_a_soap_fault(live, request_bytes):
+    port, _ = live
+    answer = raw_exchange(port, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"Content-Type: text/xml; charset=utf-8" in head
+    assert b"<html" not in answer
+    assert b"<faultcode>env:Client</faultcode>" in body
+    assert b"<StatusCode>4004</StatusCode>" in body
