@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import click
 
 from mm7soap.envelope import raw_text
 from mm7soap.settings import Settings
-from mm7soap.store import Store
+from mm7soap.store import Store, parse_time
 
 # What `reports` prints per row without --json, in this order.
 TABLE_COLUMNS = ("id", "received_at", "message_id", "recipient", "sender", "mm_status", "status_text", "operator_id")
@@ -67,9 +68,9 @@ def wsdl(folder: Path) -> None:
     from mm7soap.service import Endpoint
     from mm7soap.wsdl import WsdlDocuments
 
-    store = Store(Settings.from_env(database=":memory:"))
-    for path in WsdlDocuments(Endpoint(store)).write(folder):
-        click.echo(str(path))
+    with Store(Settings.from_env(database=":memory:")) as store:
+        for path in WsdlDocuments(Endpoint(store)).write(folder):
+            click.echo(str(path))
 
 
 @cli.command()
@@ -77,7 +78,11 @@ def wsdl(folder: Path) -> None:
 @click.option("--message-id", help="Only reports for this MessageID.")
 @click.option("--recipient", help="Only reports for this recipient address.")
 @click.option("--status", help="Only reports with this MMStatus (as sent, e.g. Retrieved).")
-@click.option("--since", help="Only reports received at or after this UTC time (ISO 8601).")
+@click.option(
+    "--since",
+    callback=lambda ctx, param, value: time_option(value),
+    help="Only reports received at or after this time (ISO 8601; no zone means UTC).",
+)
 @click.option("--limit", type=int, default=None, help="At most this many reports.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, every stored field.")
 def reports(
@@ -85,7 +90,7 @@ def reports(
     message_id: str | None,
     recipient: str | None,
     status: str | None,
-    since: str | None,
+    since: datetime | None,
     limit: int | None,
     as_json: bool,
 ) -> None:
@@ -95,9 +100,11 @@ def reports(
     Example:
         mm7soap reports --status Retrieved --since 2026-11-01T00:00:00Z
     """
-    store = Store(Settings.from_env(database=database))
-    rows = store.delivery_reports(message_id=message_id, recipient=recipient, status=status, since=since, limit=limit)
-    print_rows(list(rows), as_json)
+    with Store(Settings.from_env(database=database)) as store:
+        rows = list(
+            store.delivery_reports(message_id=message_id, recipient=recipient, status=status, since=since, limit=limit)
+        )
+    print_rows(rows, as_json)
 
 
 @cli.command()
@@ -111,11 +118,20 @@ def report(database: str | None, message_id: str, as_json: bool) -> None:
     Example:
         mm7soap report 369500617770864640
     """
-    store = Store(Settings.from_env(database=database))
-    rows = list(store.delivery_reports(message_id=message_id))
+    with Store(Settings.from_env(database=database)) as store:
+        rows = list(store.delivery_reports(message_id=message_id))
     if not rows:
         raise click.ClickException(f"no report for MessageID {message_id}")
     print_rows(rows, as_json)
+
+
+def time_option(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time, e.g. 2026-11-27T10:00:00Z") from None
 
 
 def print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:

@@ -209,20 +209,24 @@ def operation_namespace(operation: etree._Element, transaction: etree._Element |
 
 
 def read_reply(data: bytes, charset: str | None = None) -> Reply:
-    """As much of the request as an answer needs, for faults raised before or after reading."""
+    """As much of the request as an answer needs, for faults raised before or after reading:
+    the TransactionID wherever it could be read, even in an envelope that has no Body."""
     reply = Reply()
     try:
-        header, body = split_envelope(parse_xml(data, charset))
+        root = parse_xml(data, charset)
     except errors.MM7Error:
         return reply
+    header = next((c for c in children(root) if local_name(c.tag) == "Header"), None)
+    body = next((c for c in children(root) if local_name(c.tag) == "Body"), None)
     transaction = transaction_id_of(header)
     if transaction is not None:
         reply.transaction_id = text_of(transaction)
-    operation = next(iter(children(body)), None)
+    operation = next(iter(children(body)), None) if body is not None else None
+    tags = [element.tag for element in (operation, transaction) if element is not None]
+    name = next((mm7_name(namespace_of(tag)) for tag in tags if mm7_name(namespace_of(tag))), None)
+    if name:
+        reply.namespace = MM7_NAMESPACES[name]
     if operation is not None:
-        name = mm7_name(namespace_of(operation.tag) or namespace_of(getattr(transaction, "tag", "")))
-        if name:
-            reply.namespace = MM7_NAMESPACES[name]
         version = first_child(operation, "MM7Version")
         reply.mm7_version = text_of(version) if version is not None else None
     return reply

@@ -18,7 +18,7 @@ from spyne.server import ServerBase
 from mm7soap import envelope, errors
 from mm7soap.namespaces import MM7_NAMESPACES, SOAP_ENV, default_version
 from mm7soap.soap import MM7Soap11, fault_document
-from mm7soap.store import Store
+from mm7soap.store import Store, utc_timestamp
 from mm7soap.types import ADDRESS_KINDS, MM7Types
 
 log = logging.getLogger(__name__)
@@ -87,26 +87,17 @@ def address_columns(prefix: str, address: Any) -> dict[str, Any]:
     return {}
 
 
-def utc_text(moment: datetime | None) -> str | None:
-    """ISO 8601 in UTC; a date sent without a zone is taken as UTC (Sinch sends UTC)."""
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def delivery_report_row(req: Any, call: Call) -> dict[str, Any]:
     """The stored row of a delivery report: every field, as sent and normalised."""
     read, inbound = call.envelope, call.inbound
     capabilities = req.UACapabilities
     return {
-        "received_at": utc_text(inbound.received_at),
+        "received_at": utc_timestamp(inbound.received_at),
         "message_id": req.MessageID,
         **address_columns("recipient", req.Recipient),
         **address_columns("sender", req.Sender),
         "date_sent": read.as_sent.get("Date"),
-        "date_utc": utc_text(req.Date),
+        "date_utc": utc_timestamp(req.Date) if req.Date is not None else None,
         "mm_status": req.MMStatus,
         "mm_status_extension": req.MMStatusExtension,
         "status_text": req.StatusText,

@@ -24,6 +24,22 @@ from mm7soap.settings import Settings
 
 REPORTS = "delivery_reports"
 
+# Every stored time: UTC, fixed width, so that text order is time order (`--since`).
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def utc_timestamp(moment: datetime) -> str:
+    """A time as stored; one without a zone is taken as UTC (Sinch sends UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime(TIMESTAMP_FORMAT)
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time given by a person (`2026-11-27`, `…T10:00Z`, `…+01:00`)."""
+    return datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+
+
 # Columns of a stored delivery report, in the order a person reads them.
 REPORT_COLUMNS: dict[str, type] = {
     "id": int,
@@ -103,6 +119,17 @@ class Store:
         self.busy_timeout_ms = settings.busy_timeout_ms
         self.synchronous = settings.synchronous.upper()
         self._local = threading.local()
+        # Every connection opened, one per thread, with the process that opened it: close()
+        # closes this process's.  One inherited across a fork is kept here but never used or
+        # closed again, since closing it could checkpoint a WAL the parent is still writing.
+        self._opened: list[tuple[int, sqlite_utils.Database]] = []
+        self._opened_lock = threading.Lock()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -111,20 +138,30 @@ class Store:
         if db is None or self._local.pid != os.getpid():
             db = self._connect()
             self._local.db, self._local.pid = db, os.getpid()
+            with self._opened_lock:
+                self._opened.append((os.getpid(), db))
         return db
 
     def _connect(self) -> sqlite_utils.Database:
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
+        # check_same_thread=False only so close() may close another thread's connection;
+        # each connection is used by the one thread that opened it (see `db`).
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+        )
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         return sqlite_utils.Database(conn)
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
+        """Close every connection this process opened (not those inherited across a fork)."""
+        pid = os.getpid()
+        with self._opened_lock:
+            mine = [db for opener, db in self._opened if opener == pid]
+            self._opened = [(opener, db) for opener, db in self._opened if opener != pid]
+        for db in mine:
             db.conn.close()
-            self._local.db = None
+        self._local = threading.local()
 
     def migrate(self) -> int:
         """Bring the schema up to date; returns the schema version.  Safe to run concurrently."""
@@ -187,7 +224,7 @@ class Store:
         message_id: str | None = None,
         recipient: str | None = None,
         status: str | None = None,
-        since: str | None = None,
+        since: datetime | None = None,
         limit: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Stored reports, newest first, filtered on whatever is given."""
@@ -198,7 +235,7 @@ class Store:
                 params.append(value)
         if since is not None:
             where.append("received_at >= ?")
-            params.append(since)
+            params.append(utc_timestamp(since))
         if REPORTS not in self.db.table_names():
             return iter(())
         return self.db[REPORTS].rows_where(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,19 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def app(settings: Settings) -> MM7WsgiApp:
-    application = MM7WsgiApp(settings)
-    yield application
-    application.store.close()
+def make_app(settings: Settings) -> Iterator[Callable[..., MM7WsgiApp]]:
+    """Builds apps on the test's database with some settings changed; closes them after."""
+    made: list[MM7WsgiApp] = []
+
+    def make(**changes: object) -> MM7WsgiApp:
+        made.append(MM7WsgiApp(replace(settings, **changes)))
+        return made[-1]
+
+    yield make
+    for application in made:
+        application.store.close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., MM7WsgiApp]) -> MM7WsgiApp:
+    return make_app()

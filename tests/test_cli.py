@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 
 import click
 import pytest
@@ -59,6 +60,22 @@ def test_reports_filters_and_json(app, settings):
     assert "수신 완료" in json.loads(result.output)[0]["raw_envelope"]
     result = runner.invoke(cli, ["reports", "-d", settings.database, "--since", "2999-01-01", "--json"])
     assert json.loads(result.output) == []
+
+
+def test_reports_since_compares_times_not_text(app, settings):
+    store_examples(app)
+    rows = list(app.store.delivery_reports())
+    first = min(row["received_at"] for row in rows)
+    whole_second = first[:19] + "Z"  # the second it arrived in, without the fraction
+    in_paris = (datetime.fromisoformat(first[:19]) + timedelta(hours=1)).isoformat() + "+01:00"
+    runner = CliRunner()
+    for since in (whole_second, in_paris, first[:19]):
+        result = runner.invoke(cli, ["reports", "-d", settings.database, "--since", since, "--json"])
+        assert len(json.loads(result.output)) == 3, since
+    later = runner.invoke(cli, ["reports", "-d", settings.database, "--since", "2999-01-01T00:00:00+05:00", "--json"])
+    assert json.loads(later.output) == []
+    bad = runner.invoke(cli, ["reports", "-d", settings.database, "--since", "last tuesday"])
+    assert bad.exit_code == 2 and "ISO 8601" in bad.output
 
 
 def test_report_shows_every_report_of_a_message(app, settings):

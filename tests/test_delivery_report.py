@@ -201,7 +201,7 @@ def test_korean_euc_kr_report_with_unqualified_children(app):
     [row] = reports(app)
     assert row["recipient"] == "01012345678"
     assert row["date_sent"] == "2026-11-27T18:30:00+09:00"
-    assert row["date_utc"] == "2026-11-27T09:30:00Z"
+    assert row["date_utc"] == "2026-11-27T09:30:00.000000Z"
     assert row["mm_status"] == "1000"
     assert row["status_text"] == "수신 완료"
     assert row["namespace"] == "REL-5-MM7-1-0"

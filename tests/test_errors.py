@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 
 from mm7soap.namespaces import MM7_NAMESPACES
-from mm7soap.settings import Settings
-from mm7soap.transport import MM7WsgiApp
 from tests.helpers import SINCH_CONTENT_TYPE, assert_fault, call, data, find_local
 
 REL6 = MM7_NAMESPACES["REL-6-MM7-1-4"]
@@ -59,8 +57,8 @@ def test_body_in_a_foreign_namespace_is_a_client_fault_4002(app):
     assert_fault(call(app, data("foreign_namespace.xml")), "Client", 4002, REL6)
 
 
-def test_faults_can_be_answered_with_http_200(settings):
-    app = MM7WsgiApp(Settings(database=settings.database, fault_http_status=200))
+def test_faults_can_be_answered_with_http_200(make_app):
+    app = make_app(fault_http_status=200)
     response = call(app, data("submit_req.xml"))
     assert response.status == 200
     assert response.find("Body/Fault") is not None

@@ -138,7 +138,7 @@ def test_timestamp_instead_of_date_out_of_order_with_extensions(app):
         ),
     )
     assert row["date_sent"] == "2026-11-27T12:00:00-05:00"
-    assert row["date_utc"] == "2026-11-27T17:00:00Z"
+    assert row["date_utc"] == "2026-11-27T17:00:00.000000Z"
     assert row["mm_status_extension"] == "RejectionByOtherRS"
     assert (row["applic_id"], row["reply_applic_id"], row["aux_applic_info"]) == ("app", "reply", "aux")
 
@@ -163,7 +163,7 @@ def test_date_without_zone_is_taken_as_utc(app):
             "<MessageID>z</MessageID><Recipient><Number>1</Number></Recipient><Date>2026-11-27T10:00:00</Date><MMStatus>Retrieved</MMStatus>"
         ),
     )
-    assert row["date_utc"] == "2026-11-27T10:00:00Z"
+    assert row["date_utc"] == "2026-11-27T10:00:00.000000Z"
 
 
 # --- charsets ---------------------------------------------------------------------------

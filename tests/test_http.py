@@ -8,11 +8,11 @@ import json
 import socket
 import sqlite3
 import time
+from contextlib import closing
 from dataclasses import replace
 
 import pytest
 
-from mm7soap.transport import MM7WsgiApp
 from tests.helpers import assert_fault, call, data
 from tests.test_serving import BIN, free_port, run, wait_until_listening
 
@@ -57,8 +57,8 @@ class Untouchable(io.RawIOBase):
         raise AssertionError("the body was read")
 
 
-def test_body_over_the_limit_is_413_without_reading_it(settings):
-    app = MM7WsgiApp(replace(settings, max_body_bytes=1000))
+def test_body_over_the_limit_is_413_without_reading_it(make_app):
+    app = make_app(max_body_bytes=1000)
     environ_body = Untouchable()
     captured = {}
     environ = {
@@ -89,8 +89,8 @@ def test_chunked_body_without_content_length_is_read(app):
     assert b"<StatusCode>1000</StatusCode>" in body
 
 
-def test_chunked_body_over_the_limit_is_413(settings):
-    app = MM7WsgiApp(replace(settings, max_body_bytes=len(ENVELOPE) - 1))
+def test_chunked_body_over_the_limit_is_413(make_app):
+    app = make_app(max_body_bytes=len(ENVELOPE) - 1)
     environ = {
         "REQUEST_METHOD": "POST",
         "PATH_INFO": "/mm7",
@@ -125,8 +125,8 @@ def basic(user: str, password: str) -> str:
 
 
 @pytest.fixture
-def guarded(settings):
-    return MM7WsgiApp(replace(settings, auth_user="sinch", auth_password="s3cret:with:colons"))
+def guarded(make_app):
+    return make_app(auth_user="sinch", auth_password="s3cret:with:colons")
 
 
 def test_correct_basic_credentials_are_let_in(guarded):
@@ -147,25 +147,25 @@ def test_missing_or_wrong_credentials_are_401_and_nothing_is_stored(guarded, aut
     assert list(guarded.store.delivery_reports()) == []
 
 
-def test_ip_allow_list(settings):
-    refused = MM7WsgiApp(replace(settings, allow_ips=("198.51.100.0/24", "2001:db8::/32")))
+def test_ip_allow_list(make_app):
+    refused = make_app(allow_ips=("198.51.100.0/24", "2001:db8::/32"))
     response = call(refused, ENVELOPE)  # the helpers post from 192.0.2.10
     assert response.status == 403
     assert_fault(replace(response, status=500), "Client", 4007)
     assert list(refused.store.delivery_reports()) == []
-    allowed = MM7WsgiApp(replace(settings, allow_ips=("2001:db8::/32", "192.0.2.0/28")))
+    allowed = make_app(allow_ips=("2001:db8::/32", "192.0.2.0/28"))
     assert call(allowed, ENVELOPE).status == 200
 
 
-def test_x_forwarded_for_only_from_a_trusted_proxy(settings):
-    app = MM7WsgiApp(replace(settings, allow_ips=("198.51.100.7/32",), trusted_proxies=("192.0.2.0/24",)))
+def test_x_forwarded_for_only_from_a_trusted_proxy(make_app):
+    app = make_app(allow_ips=("198.51.100.7/32",), trusted_proxies=("192.0.2.0/24",))
     # The peer (192.0.2.10) is a trusted proxy: the client is the last untrusted hop.
     response = call(app, ENVELOPE, headers={"X-Forwarded-For": "203.0.113.9, 198.51.100.7"})
     assert response.status == 200
     assert next(iter(app.store.delivery_reports()))["client_address"] == "198.51.100.7"
     # A forged left-most hop changes nothing.
     assert call(app, ENVELOPE, headers={"X-Forwarded-For": "198.51.100.7, 203.0.113.9"}).status == 403
-    untrusted = MM7WsgiApp(replace(settings, allow_ips=("198.51.100.7/32",)))
+    untrusted = make_app(allow_ips=("198.51.100.7/32",))
     assert call(untrusted, ENVELOPE, headers={"X-Forwarded-For": "198.51.100.7"}).status == 403
 
 
@@ -239,8 +239,8 @@ def test_a_client_stalling_mid_body_is_dropped_and_blocks_nobody(live):
         dropped = sock.recv(65536)  # answered and closed after the 1 s read timeout
         assert dropped == b"" or dropped.startswith(b"HTTP/1.1 408")
         sock.close()
-    rows = sqlite3.connect(database).execute("SELECT count(*) FROM delivery_reports").fetchone()
-    assert rows == (1,)
+    with closing(sqlite3.connect(database)) as conn:
+        assert conn.execute("SELECT count(*) FROM delivery_reports").fetchone() == (1,)
 
 
 @pytest.mark.parametrize(

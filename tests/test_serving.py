@@ -6,10 +6,12 @@ import http.client
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -36,16 +38,22 @@ def post(port: int, body: bytes) -> tuple[int, str, bytes]:
 
 
 def wait_until_listening(port: int, process: subprocess.Popen) -> None:
+    """Until /health answers: the socket listens before any worker has booted."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"server exited: {process.stdout.read()}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/health")
+            healthy = conn.getresponse().status == 200
+            conn.close()
+            if healthy:
+                return
         except OSError:
-            time.sleep(0.1)
-    raise AssertionError("server did not start listening")
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server did not become healthy")
 
 
 def run(command: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
@@ -85,8 +93,5 @@ def test_served_under_gunicorn_stores_then_acknowledges(served):
         assert status == 200
         assert content_type == "text/xml; charset=utf-8"
         assert b"<StatusCode>1000</StatusCode>" in body
-    import sqlite3
-
-    conn = sqlite3.connect(database)
-    assert conn.execute("SELECT count(*), max(operator_id) FROM delivery_reports").fetchone() == (1, "0001890")
-    conn.close()
+    with closing(sqlite3.connect(database)) as conn:
+        assert conn.execute("SELECT count(*), max(operator_id) FROM delivery_reports").fetchone() == (1, "0001890")

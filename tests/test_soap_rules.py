@@ -50,14 +50,22 @@ def test_soap_12_envelope_is_a_version_mismatch_fault(app):
     assert_fault(call(app, body), "VersionMismatch", 4004)
 
 
-def test_envelope_without_body_is_a_client_fault(app):
-    body = f'<env:Envelope xmlns:env="{SOAP_ENV}"><env:Header/></env:Envelope>'.encode()
-    assert_fault(call(app, body), "Client", 4004)
+REL5 = MM7_NAMESPACES["REL-5-MM7-1-0"]
+HEADER = f'<env:Header><TransactionID xmlns="{REL5}">no-body</TransactionID></env:Header>'
 
 
-def test_empty_body_is_a_client_fault(app):
-    body = f'<env:Envelope xmlns:env="{SOAP_ENV}"><env:Body>  </env:Body></env:Envelope>'.encode()
-    assert_fault(call(app, body), "Client", 4004)
+def test_envelope_without_body_is_a_client_fault_in_the_transaction_id_namespace(app):
+    body = f'<env:Envelope xmlns:env="{SOAP_ENV}">{HEADER}</env:Envelope>'.encode()
+    response = call(app, body)
+    assert_fault(response, "Client", 4004, REL5)
+    assert response.text("Header/TransactionID") == "no-body"
+
+
+def test_empty_body_is_a_client_fault_in_the_transaction_id_namespace(app):
+    body = f'<env:Envelope xmlns:env="{SOAP_ENV}">{HEADER}<env:Body>  </env:Body></env:Envelope>'.encode()
+    response = call(app, body)
+    assert_fault(response, "Client", 4004, REL5)
+    assert response.text("Header/TransactionID") == "no-body"
 
 
 @pytest.mark.parametrize("operation", ["SubmitReq", "CancelReq", "ReplaceReq", "SomethingElseReq"])

@@ -19,10 +19,10 @@ def test_wal_and_synchronous_full_by_default(app):
 
 
 def test_migrations_are_recorded_and_idempotent(settings):
-    store = Store(settings)
-    assert store.migrate() == len(MIGRATIONS)
-    assert store.migrate() == len(MIGRATIONS)
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    with Store(settings) as store:
+        assert store.migrate() == len(MIGRATIONS)
+        assert store.migrate() == len(MIGRATIONS)
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
 def test_lookup_by_message_id_uses_an_index(app):
@@ -78,17 +78,18 @@ def test_read_only_database_is_a_server_fault_3000(app, monkeypatch, settings):
 
 
 def test_each_process_opens_its_own_connection(settings, monkeypatch):
-    store = Store(settings)
-    first = store.db
-    assert store.db is first
-    monkeypatch.setattr("mm7soap.store.os.getpid", lambda: -1)  # as after a fork
-    assert store.db is not first
+    with Store(settings) as store:
+        first = store.db
+        assert store.db is first
+        monkeypatch.setattr("mm7soap.store.os.getpid", lambda: -1)  # as after a fork
+        assert store.db is not first
+    first.conn.close()  # the test's own "parent" connection
 
 
 @pytest.mark.parametrize("synchronous", ["NORMAL", "FULL", "EXTRA"])
 def test_synchronous_setting_is_applied(tmp_path, synchronous):
     from mm7soap.settings import Settings
 
-    store = Store(Settings(database=str(tmp_path / "s.db"), synchronous=synchronous))
     levels = {"NORMAL": 1, "FULL": 2, "EXTRA": 3}
-    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == levels[synchronous]
+    with Store(Settings(database=str(tmp_path / "s.db"), synchronous=synchronous)) as store:
+        assert store.db.execute("PRAGMA synchronous").fetchone()[0] == levels[synchronous]
