@@ -16,7 +16,7 @@ from spyne import Application, MethodContext, ServiceBase, rpc
 from spyne.server import ServerBase
 
 from mm7soap import envelope, errors
-from mm7soap.namespaces import MM7_NAMESPACES, SOAP_ENV, default_version
+from mm7soap.namespaces import MM7_NAMESPACES, default_version
 from mm7soap.soap import MM7Soap11, fault_document
 from mm7soap.store import Store, utc_timestamp
 from mm7soap.types import ADDRESS_KINDS, MM7Types
@@ -195,4 +195,4 @@ class Endpoint:
         return Answer(fault=True, body=fault_document(error, reply))
 
 
-__all__ = ["SOAP_ENV", "Answer", "Endpoint", "Inbound", "build_application"]
+__all__ = ["Answer", "Endpoint", "Inbound", "build_application"]
