@@ -19,11 +19,9 @@ class MM7Error(Exception):
     # Extra HTTP headers of the answer.
     http_headers: tuple[tuple[str, str], ...] = ()
 
-    def __init__(self, details: str = "", *, status_text: str | None = None) -> None:
+    def __init__(self, details: str = "") -> None:
         super().__init__(details or self.status_text)
         self.details = details
-        if status_text is not None:
-            self.status_text = status_text
 
 
 class ValidationError(MM7Error):
