@@ -1,12 +1,11 @@
-"""Reading a SOAP envelope the way real MMSCs write it, into the canonical MM7 form.
+"""Reading a SOAP envelope the way real MMSCs write it.
 
-MMSCs use any envelope prefix, declare the MM7 namespace on the Envelope, per element or
-not at all on the children, rename elements (`Recipients`, `TimeStamp`), write bare-text
-addresses and shuffle the schema order (spec.md §7).  Everything here is matched by local
-name; the result is a fresh envelope in the request's MM7 namespace with the REL-6 element
-names and order, which Spyne then maps onto `mm7soap.types` without surprises.  Values
-Spyne would refuse (a date that is not an `xs:dateTime`) are left out of that canonical
-document and kept as sent in `ReadEnvelope.as_sent`.
+MMSCs use any envelope prefix and declare the MM7 namespace on the Envelope, per element
+or not at all on the children (spec.md §7).  This module parses the root part (hardened,
+lenient about charsets), finds Header, Body, TransactionID and the request's namespace by
+local name, and builds a fresh envelope around the request's canonical form
+(`mm7soap.canonical`), which Spyne then reads.  Values Spyne would refuse (a date that is
+not an `xs:dateTime`) are kept as sent in `ReadEnvelope.as_sent`.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from mm7soap import errors
+from mm7soap.canonical import SHAPES, canonical_request, children, first_child, text_of
 from mm7soap.namespaces import (
     DEFAULT_NAMESPACE,
     MM7_NAMESPACES,
@@ -26,39 +26,13 @@ from mm7soap.namespaces import (
     mm7_name,
     namespace_of,
 )
-from mm7soap.types import ADDRESS_KINDS
 
 # Requests an MMSC sends a VASP that this endpoint answers, and every other MM7 request
 # (answered 4003 rather than 4004: they are valid MM7, just not served here).
-SERVED_OPERATIONS = ("DeliveryReportReq",)
-
-# Canonical child order of DeliveryReportReq (spec.md §4.2) and the names MMSCs use instead.
-DELIVERY_REPORT_ORDER = (
-    "MM7Version",
-    "MMSRelayServerID",
-    "MessageID",
-    "Recipient",
-    "Sender",
-    "Date",
-    "MMStatus",
-    "MMStatusExtension",
-    "StatusText",
-    "ApplicID",
-    "ReplyApplicID",
-    "AuxApplicInfo",
-    "UACapabilities",
-)
-ALIASES = {"Recipients": "Recipient", "TimeStamp": "Date"}
-ADDRESS_ELEMENTS = ("Recipient", "Sender")
-MANDATORY = ("MessageID", "Recipient", "MMStatus")
-ADDRESS_ATTRIBUTES = ("displayOnly", "addressCoding", "id")
+SERVED_OPERATIONS = tuple(SHAPES)
 
 NEXT_ACTOR = "http://schemas.xmlsoap.org/soap/actor/next"
 
-# xs:dateTime, strictly: two-digit month and day, optional fraction and zone.
-XS_DATETIME = re.compile(
-    r"^-?\d{4,}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?$",
-)
 ENCODING_DECLARATION = re.compile(rb"^(\xef\xbb\xbf)?<\?xml[^>]*encoding\s*=\s*[\"']([^\"']+)[\"']")
 
 
@@ -145,21 +119,6 @@ def raw_text(raw: bytes) -> str:
         return raw.decode(encoding)
     except (LookupError, UnicodeDecodeError):
         return raw.decode("utf-8", "replace")
-
-
-def children(element: etree._Element) -> list[etree._Element]:
-    return [child for child in element if isinstance(child.tag, str)]
-
-
-def first_child(element: etree._Element, name: str) -> etree._Element | None:
-    for child in children(element):
-        if local_name(child.tag) == name:
-            return child
-    return None
-
-
-def text_of(element: etree._Element) -> str:
-    return (element.text or "").strip()
 
 
 def split_envelope(root: etree._Element) -> tuple[etree._Element | None, etree._Element]:
@@ -255,80 +214,8 @@ def read(data: bytes, charset: str | None = None) -> ReadEnvelope:
         tid = etree.SubElement(canonical_header, f"{{{namespace}}}TransactionID")
         tid.text = read_envelope.transaction_id
     canonical_body = etree.SubElement(read_envelope.document, f"{{{SOAP_ENV}}}Body")
-    canonical_body.append(canonical_delivery_report(operation, read_envelope))
+    request = canonical_request(operation, namespace, read_envelope.as_sent)
+    canonical_body.append(request)
+    version = request.find(f"{{{namespace}}}MM7Version")
+    read_envelope.mm7_version = version.text if version is not None else None
     return read_envelope
-
-
-def canonical_delivery_report(operation: etree._Element, into: ReadEnvelope) -> etree._Element:
-    """DeliveryReportReq in REL-6 names and order; unknown elements stay in the raw envelope."""
-    ns = into.namespace
-    found: dict[str, etree._Element] = {}
-    for child in children(operation):
-        name = ALIASES.get(local_name(child.tag), local_name(child.tag))
-        if name in DELIVERY_REPORT_ORDER and name not in found:
-            found[name] = child
-    out = etree.Element(f"{{{ns}}}DeliveryReportReq")
-    for name in DELIVERY_REPORT_ORDER:
-        source = found.get(name)
-        if source is None:
-            continue
-        if name in ADDRESS_ELEMENTS:
-            address = canonical_address(source, ns, name)
-            if address is not None:
-                out.append(address)
-        elif name == "UACapabilities":
-            out.append(canonical_capabilities(source, ns, into))
-        elif name == "Date":
-            value = text_of(source)
-            into.as_sent["Date"] = value
-            if XS_DATETIME.match(value):
-                etree.SubElement(out, f"{{{ns}}}Date").text = value
-        else:
-            value = text_of(source)
-            if value or name not in MANDATORY:
-                etree.SubElement(out, f"{{{ns}}}{name}").text = value
-    for name in MANDATORY:
-        if out.find(f"{{{ns}}}{name}") is None:
-            raise errors.MissingElement(name, "DeliveryReportReq")
-    version = out.find(f"{{{ns}}}MM7Version")
-    into.mm7_version = version.text if version is not None else None
-    return out
-
-
-def canonical_address(source: etree._Element, ns: str, name: str) -> etree._Element | None:
-    """`<Recipient><Number>` from any of: a kind child, a `To`/`Cc`/`Bcc` list, bare text."""
-    for wrapper in ("To", "Cc", "Bcc"):
-        listed = first_child(source, wrapper)
-        if listed is not None:
-            return canonical_address(listed, ns, name)
-    out = etree.Element(f"{{{ns}}}{name}")
-    for child in children(source):
-        kind = local_name(child.tag)
-        if kind in ADDRESS_KINDS and text_of(child):
-            value = etree.SubElement(out, f"{{{ns}}}{kind}")
-            value.text = text_of(child)
-            for attribute, attribute_value in child.attrib.items():
-                if local_name(attribute) in ADDRESS_ATTRIBUTES:
-                    value.set(local_name(attribute), attribute_value.strip())
-            return out
-    bare = text_of(source)
-    if not bare:
-        return None
-    # A bare-text address (China Mobile's `<Sender>1065580001</Sender>`): an e-mail-like
-    # value is an RFC2822Address, anything else a Number.
-    kind = "RFC2822Address" if "@" in bare else "Number"
-    etree.SubElement(out, f"{{{ns}}}{kind}").text = bare
-    return out
-
-
-def canonical_capabilities(source: etree._Element, ns: str, into: ReadEnvelope) -> etree._Element:
-    out = etree.Element(f"{{{ns}}}UACapabilities")
-    for attribute, value in source.attrib.items():
-        name = local_name(attribute)
-        if name == "UAProf":
-            out.set("UAProf", value.strip())
-        elif name == "TimeStamp":
-            into.as_sent["UACapabilities/TimeStamp"] = value.strip()
-            if XS_DATETIME.match(value.strip()):
-                out.set("TimeStamp", value.strip())
-    return out

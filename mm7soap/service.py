@@ -1,41 +1,31 @@
 """The MM7 services: one Spyne Application per MM7 namespace, built by one factory.
 
 A request flows: `envelope.read` (lenient, canonical) → the Application of its namespace →
-`DeliveryReport` → `Store.save_delivery_report` → `DeliveryReportRsp` 1000.  Anything that
+its operation (`DeliveryReport`, `ReadReply`, `Deliver`) → `records` → `Store` → the
+`…Rsp` with 1000.  Anything that
 goes wrong on the way is an `errors.MM7Error`, answered by `soap.fault_document`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import Any
 
 from spyne import Application, MethodContext, ServiceBase, rpc
 from spyne.server import ServerBase
 
 from mm7soap import envelope, errors
+from mm7soap.content import mm_content
 from mm7soap.namespaces import MM7_NAMESPACES, default_version
+from mm7soap.records import Inbound, delivery_report_row, message_row, part_rows, read_reply_row
 from mm7soap.soap import MM7Soap11, fault_document
-from mm7soap.store import Store, utc_timestamp
-from mm7soap.types import ADDRESS_KINDS, MM7Types
+from mm7soap.store import Store
+from mm7soap.types import MM7Types
 
 log = logging.getLogger(__name__)
 
 SUCCESS_TEXT = "Success"
-
-
-@dataclass(frozen=True)
-class Inbound:
-    """What the HTTP request says about a message, beyond its envelope."""
-
-    raw_envelope: bytes
-    # The charset the HTTP Content-Type (or the MIME root part) named, if any.
-    charset: str | None = None
-    client_address: str | None = None
-    operator_id: str | None = None
-    received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
 @dataclass
@@ -72,73 +62,57 @@ class HttpServer(ServerBase):
     transport = "http://schemas.xmlsoap.org/soap/http"
 
 
-def address_columns(prefix: str, address: Any) -> dict[str, Any]:
-    """recipient/sender, its kind (Number, ShortCode, RFC2822Address) and its attributes."""
-    for kind in ADDRESS_KINDS:
-        value = getattr(address, kind, None) if address is not None else None
-        if value is not None:
-            return {
-                prefix: value.value,
-                f"{prefix}_kind": kind,
-                f"{prefix}_display_only": None if value.displayOnly is None else int(value.displayOnly),
-                f"{prefix}_address_coding": value.addressCoding,
-                f"{prefix}_address_id": value.id,
-            }
-    return {}
-
-
-def delivery_report_row(req: Any, call: Call) -> dict[str, Any]:
-    """The stored row of a delivery report: every field, as sent and normalised."""
-    read, inbound = call.envelope, call.inbound
-    capabilities = req.UACapabilities
+def success(types: MM7Types, namespace: str, req: Any) -> dict[str, Any]:
+    """MM7Version (the request's, echoed) and Status 1000 of every answer."""
     return {
-        "received_at": utc_timestamp(inbound.received_at),
-        "message_id": req.MessageID,
-        **address_columns("recipient", req.Recipient),
-        **address_columns("sender", req.Sender),
-        "date_sent": read.as_sent.get("Date"),
-        "date_utc": utc_timestamp(req.Date) if req.Date is not None else None,
-        "mm_status": req.MMStatus,
-        "mm_status_extension": req.MMStatusExtension,
-        "status_text": req.StatusText,
-        "mms_relay_server_id": req.MMSRelayServerID,
-        "applic_id": req.ApplicID,
-        "reply_applic_id": req.ReplyApplicID,
-        "aux_applic_info": req.AuxApplicInfo,
-        "ua_prof": capabilities.UAProf if capabilities is not None else None,
-        "ua_timestamp": read.as_sent.get("UACapabilities/TimeStamp"),
-        "transaction_id": read.transaction_id,
-        "namespace": read.namespace_name,
-        "mm7_version": req.MM7Version,
-        "operator_id": inbound.operator_id,
-        "client_address": inbound.client_address,
-        "raw_envelope": inbound.raw_envelope,
+        "MM7Version": req.MM7Version or default_version(namespace),
+        "Status": types.Status(StatusCode=1000, StatusText=SUCCESS_TEXT),
     }
 
 
-def build_application(namespace: str, store: Store) -> MM7Application:
-    """The MM7 service of one namespace: its operations, types and WSDL."""
+def build_application(namespace: str, store: Store, service_code: str = "") -> MM7Application:
+    """The MM7 service of one namespace: its operations, types and WSDL.
+
+    Each operation commits what it received before it returns; a StoreError on the way
+    becomes a 3000 Server fault, so the MMSC sends it again.
+    """
     types = MM7Types(namespace)
 
-    class MM7Service(ServiceBase):
-        @rpc(
-            types.DeliveryReportReq,
+    def operation(request: Any, name: str, response: Any) -> Any:
+        return rpc(
+            request,
             _in_header=(types.TransactionID,),
             _out_header=(types.TransactionID,),
             _body_style="bare",
-            _returns=types.GenericResponse,
-            _in_message_name="DeliveryReportReq",
-            _out_message_name="DeliveryReportRsp",
-            _operation_name="DeliveryReport",
+            _returns=response,
+            _in_message_name=f"{name}Req",
+            _out_message_name=f"{name}Rsp",
+            _operation_name=name,
         )
+
+    class MM7Service(ServiceBase):
+        @operation(types.DeliveryReportReq, "DeliveryReport", types.GenericResponse)
         def DeliveryReport(ctx: MethodContext, req: Any) -> Any:
             """Store a delivery report, then acknowledge it (1000), or fault 3000."""
-            store.save_delivery_report(delivery_report_row(req, ctx.udc))
+            store.save_delivery_report(delivery_report_row(req, ctx.udc.envelope, ctx.udc.inbound))
             ctx.out_header = ctx.in_header
-            return types.GenericResponse(
-                MM7Version=req.MM7Version or default_version(namespace),
-                Status=types.Status(StatusCode=1000, StatusText=SUCCESS_TEXT),
-            )
+            return types.GenericResponse(**success(types, namespace, req))
+
+        @operation(types.ReadReplyReq, "ReadReply", types.GenericResponse)
+        def ReadReply(ctx: MethodContext, req: Any) -> Any:
+            """Store a read reply, then acknowledge it (1000), or fault 3000."""
+            store.save_read_reply(read_reply_row(req, ctx.udc.envelope, ctx.udc.inbound))
+            ctx.out_header = ctx.in_header
+            return types.GenericResponse(**success(types, namespace, req))
+
+        @operation(types.DeliverReq, "Deliver", types.DeliverRsp)
+        def Deliver(ctx: MethodContext, req: Any) -> Any:
+            """Store a mobile-originated MM and all its parts, then acknowledge it (1000)."""
+            call = ctx.udc
+            content = mm_content(req.Content.href if req.Content is not None else None, call.inbound.attachments)
+            store.save_message(message_row(req, call.envelope, call.inbound, content), part_rows(content))
+            ctx.out_header = ctx.in_header
+            return types.DeliverRsp(**success(types, namespace, req), ServiceCode=service_code or None)
 
     return MM7Application(
         [MM7Service],
@@ -152,9 +126,9 @@ def build_application(namespace: str, store: Store) -> MM7Application:
 class Endpoint:
     """Answers the root XML part of an MM7 request with the bytes of a SOAP answer."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, service_code: str = "") -> None:
         self.store = store
-        self.servers = {ns: HttpServer(build_application(ns, store)) for ns in MM7_NAMESPACES.values()}
+        self.servers = {ns: HttpServer(build_application(ns, store, service_code)) for ns in MM7_NAMESPACES.values()}
 
     def answer(self, inbound: Inbound) -> Answer:
         read: envelope.ReadEnvelope | None = None
@@ -195,4 +169,4 @@ class Endpoint:
         return Answer(fault=True, body=fault_document(error, reply))
 
 
-__all__ = ["Answer", "Endpoint", "Inbound", "build_application"]
+__all__ = ["Answer", "Endpoint", "build_application"]

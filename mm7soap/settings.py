@@ -44,6 +44,8 @@ class Settings:
     allow_ips: tuple[str, ...] = ()
     # Proxies (CIDRs) whose X-Forwarded-For is believed, e.g. the TLS-terminating one.
     trusted_proxies: tuple[str, ...] = ()
+    # The VASP's ServiceCode put in every DeliverRsp (for charging); empty leaves it out.
+    service_code: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

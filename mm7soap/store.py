@@ -1,9 +1,10 @@
 """The SQLite store: one small wrapper over sqlite-utils, with migrations.
 
-A delivery report is committed (WAL, `synchronous=FULL` by default) before the service
-answers 1000; any SQLite failure becomes `errors.StoreError`, answered 3000 so the MMSC
-retries.  Each process (gunicorn worker) and thread opens its own connection on first use,
-so a connection is never shared across a fork.
+A delivery report, a read reply or an MO message with all its parts is committed (WAL,
+`synchronous=FULL` by default) before the service answers 1000; any SQLite failure
+becomes `errors.StoreError`, answered 3000 so the MMSC retries.  Each process (gunicorn
+worker) and thread opens its own connection on first use, so a connection is never shared
+across a fork.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,9 +21,18 @@ from typing import Any
 import sqlite_utils
 
 from mm7soap import errors
+from mm7soap.schema import (
+    MESSAGE_COLUMNS,
+    MESSAGES,
+    MIGRATIONS,
+    PART_COLUMNS,
+    PARTS,
+    READ_REPLIES,
+    READ_REPLY_COLUMNS,
+    REPORT_COLUMNS,
+    REPORTS,
+)
 from mm7soap.settings import Settings
-
-REPORTS = "delivery_reports"
 
 # Every stored time: UTC, fixed width, so that text order is time order (`--since`).
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -40,67 +50,9 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
 
 
-# Columns of a stored delivery report, in the order a person reads them.
-REPORT_COLUMNS: dict[str, type] = {
-    "id": int,
-    "received_at": str,  # UTC, ISO 8601, when we committed it
-    "message_id": str,
-    "recipient": str,
-    "recipient_kind": str,  # Number, ShortCode or RFC2822Address
-    "recipient_display_only": int,
-    "recipient_address_coding": str,
-    "recipient_address_id": str,
-    "sender": str,
-    "sender_kind": str,
-    "sender_display_only": int,
-    "sender_address_coding": str,
-    "sender_address_id": str,
-    "date_sent": str,  # Date (or TimeStamp) exactly as sent
-    "date_utc": str,  # the same, normalised to UTC; NULL when it was not an xs:dateTime
-    "mm_status": str,  # exactly as sent, 3GPP value or not
-    "mm_status_extension": str,
-    "status_text": str,
-    "mms_relay_server_id": str,
-    "applic_id": str,
-    "reply_applic_id": str,
-    "aux_applic_info": str,
-    "ua_prof": str,
-    "ua_timestamp": str,
-    "transaction_id": str,
-    "namespace": str,  # e.g. REL-6-MM7-1-4
-    "mm7_version": str,
-    "operator_id": str,  # X-Mblox-Carrier-Id / x-mblox-operator-id, leading zeros kept
-    "client_address": str,
-    "raw_envelope": bytes,
-}
-
-
-def migrate_1_delivery_reports(db: sqlite_utils.Database) -> None:
-    db[REPORTS].create(REPORT_COLUMNS, pk="id", not_null={"received_at", "message_id", "mm_status"})
-    db[REPORTS].create_index(["message_id"], index_name="delivery_reports_message_id")
-    # The two ways a resend is recognised (issue 2): same TransactionID and MessageID, or
-    # the same MessageID, Recipient, MMStatus and Date.  A report without TransactionID
-    # (NULL) never collides on the first.
-    db[REPORTS].create_index(
-        ["transaction_id", "message_id"], index_name="delivery_reports_resend_by_transaction", unique=True
-    )
-    db.execute(
-        "CREATE UNIQUE INDEX delivery_reports_resend_by_content ON delivery_reports"
-        " (message_id, recipient, mm_status, ifnull(date_sent, ''))"
-    )
-
-
-def migrate_2_health(db: sqlite_utils.Database) -> None:
-    # One row, rewritten by every health check: a real durable write, so a read-only
-    # file, a full disk or a held lock shows up in /health as it would for a report.
-    db.execute("CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at TEXT NOT NULL)")
-
-
-# Each migration runs once, in order; `PRAGMA user_version` counts those applied.
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
-    migrate_1_delivery_reports,
-    migrate_2_health,
-)
+# The stored kinds of report, by the MM7 operation that carries them.
+REPORT_TABLES = {"DeliveryReport": REPORTS, "ReadReply": READ_REPLIES}
+REPORT_KINDS = tuple(REPORT_TABLES)
 
 
 @dataclass(frozen=True)
@@ -151,6 +103,7 @@ class Store:
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
         return sqlite_utils.Database(conn)
 
     def close(self) -> None:
@@ -174,21 +127,49 @@ class Store:
         return len(MIGRATIONS)
 
     def save_delivery_report(self, row: dict[str, Any]) -> Stored:
-        """Commit one report durably, or find it already stored; StoreError otherwise."""
-        columns = [c for c in REPORT_COLUMNS if c != "id"]
-        sql = (
-            f"INSERT INTO {REPORTS} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
-            " ON CONFLICT DO NOTHING"
-        )
+        """Commit one delivery report durably, or find it already stored; StoreError otherwise."""
+        return self.insert_once(REPORTS, REPORT_COLUMNS, row, resent_report_sql(REPORTS, "date_sent"))
+
+    def save_read_reply(self, row: dict[str, Any]) -> Stored:
+        """Commit one read reply, exactly as a delivery report (TimeStamp standing for Date)."""
+        resent = resent_report_sql(READ_REPLIES, "time_stamp_sent")
+        return self.insert_once(READ_REPLIES, READ_REPLY_COLUMNS, row, resent)
+
+    def save_message(self, row: dict[str, Any], parts: list[dict[str, Any]]) -> Stored:
+        """Commit an MO message and all its parts in one transaction, or nothing."""
         try:
             with transaction(self.db) as db:
-                cursor = db.execute(sql, [row.get(c) for c in columns])
-                if cursor.rowcount == 1:
-                    return Stored(id=cursor.lastrowid or 0, duplicate=False)
-                existing = self.find_resent(row)
-                return Stored(id=existing, duplicate=True)
+                stored = self.insert_once(MESSAGES, MESSAGE_COLUMNS, row, RESENT_MESSAGE_SQL, db)
+                if not stored.duplicate:
+                    for part in parts:
+                        insert(db, PARTS, PART_COLUMNS, {**part, "message": stored.id})
+                return stored
         except sqlite3.Error as exc:
-            raise errors.StoreError(f"the report could not be stored: {exc}") from exc
+            raise errors.StoreError(f"the message could not be stored: {exc}") from exc
+
+    def insert_once(
+        self,
+        table: str,
+        columns: dict[str, type],
+        row: dict[str, Any],
+        resent_sql: str,
+        db: sqlite_utils.Database | None = None,
+    ) -> Stored:
+        """Insert `row`, or find the row it resends (a unique index said so); StoreError
+        otherwise.  Commits, unless `db` is given: then it is the caller's transaction."""
+        if db is None:
+            try:
+                with transaction(self.db) as db:
+                    return self.insert_once(table, columns, row, resent_sql, db)
+            except sqlite3.Error as exc:
+                raise errors.StoreError(f"the {table} row could not be stored: {exc}") from exc
+        cursor = insert(db, table, columns, row, on_conflict="ON CONFLICT DO NOTHING")
+        if cursor.rowcount == 1:
+            return Stored(id=cursor.lastrowid or 0, duplicate=False)
+        found = db.execute(resent_sql, row).fetchone()
+        if found is None:  # only a constraint we do not know about could get here
+            raise errors.StoreError(f"the {table} row was neither stored nor found")
+        return Stored(id=int(found[0]), duplicate=True)
 
     def check_writable(self) -> None:
         """Commit one small write, as a report would be; StoreError when that fails."""
@@ -202,21 +183,25 @@ class Store:
         except sqlite3.Error as exc:
             raise errors.StoreError(f"the database is not writable: {exc}") from exc
 
-    def find_resent(self, row: dict[str, Any]) -> int:
-        found = self.db.execute(
-            f"SELECT id FROM {REPORTS} WHERE message_id = ? AND"
-            " ((transaction_id = ?) OR (recipient IS ? AND mm_status = ? AND ifnull(date_sent, '') = ifnull(?, '')))",
-            [
-                row["message_id"],
-                row.get("transaction_id"),
-                row.get("recipient"),
-                row["mm_status"],
-                row.get("date_sent"),
-            ],
-        ).fetchone()
-        if found is None:  # only a constraint we do not know about could get here
-            raise errors.StoreError("the report was neither stored nor found")
-        return int(found[0])
+    def rows(
+        self,
+        table: str,
+        filters: dict[str, Any],
+        since: datetime | None = None,
+        limit: int | None = None,
+        select: str = "*",
+    ) -> Iterator[dict[str, Any]]:
+        """Rows of `table`, newest first, where each given filter column equals its value."""
+        where = [f"[{column}] = :{column}" for column, value in filters.items() if value is not None]
+        params: dict[str, Any] = {column: value for column, value in filters.items() if value is not None}
+        if since is not None:
+            where.append("received_at >= :since")
+            params["since"] = utc_timestamp(since)
+        if table not in self.db.table_names():
+            return iter(())
+        return self.db[table].rows_where(
+            " AND ".join(where) or None, params, order_by="received_at DESC, id DESC", limit=limit, select=select
+        )
 
     def delivery_reports(
         self,
@@ -227,20 +212,72 @@ class Store:
         since: datetime | None = None,
         limit: int | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Stored reports, newest first, filtered on whatever is given."""
-        where, params = [], []
-        for column, value in (("message_id", message_id), ("recipient", recipient), ("mm_status", status)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if since is not None:
-            where.append("received_at >= ?")
-            params.append(utc_timestamp(since))
-        if REPORTS not in self.db.table_names():
-            return iter(())
-        return self.db[REPORTS].rows_where(
-            " AND ".join(where) or None, params, order_by="received_at DESC, id DESC", limit=limit
-        )
+        """Stored delivery reports, newest first, filtered on whatever is given."""
+        filters = {"message_id": message_id, "recipient": recipient, "mm_status": status}
+        return self.rows(REPORTS, filters, since, limit)
+
+    def read_replies(self, *, message_id: str | None = None, since: datetime | None = None) -> Iterator[dict[str, Any]]:
+        return self.rows(READ_REPLIES, {"message_id": message_id}, since)
+
+    def reports(
+        self,
+        *,
+        kinds: tuple[str, ...] = REPORT_KINDS,
+        message_id: str | None = None,
+        recipient: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Delivery reports and read replies together, newest first, each with its `kind`."""
+        filters = {"message_id": message_id, "recipient": recipient, "mm_status": status}
+        found = [
+            {"kind": kind, **row} for kind in kinds for row in self.rows(REPORT_TABLES[kind], filters, since, limit)
+        ]
+        found.sort(key=lambda row: row["received_at"], reverse=True)
+        return found[:limit] if limit is not None else found
+
+    def messages(
+        self, *, sender: str | None = None, since: datetime | None = None, limit: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Stored MO messages, newest first (parts not included)."""
+        return self.rows(MESSAGES, {"sender": sender}, since, limit)
+
+    def message(self, message: int) -> dict[str, Any] | None:
+        """One MO message by its id, or None."""
+        return next(self.rows(MESSAGES, {"id": message}), None)
+
+    def message_parts(self, message: int, *, with_data: bool = False) -> list[dict[str, Any]]:
+        """The parts of one MO message, in MIME order; their bytes only when asked for."""
+        columns = [c for c in PART_COLUMNS if with_data or c != "data"]
+        sql = f"SELECT {', '.join(columns)} FROM {PARTS} WHERE message = ? ORDER BY position"
+        if PARTS not in self.db.table_names():
+            return []
+        return [dict(zip(columns, found, strict=True)) for found in self.db.execute(sql, [message]).fetchall()]
+
+
+def resent_report_sql(table: str, date_column: str) -> str:
+    """The row a report resends: same TransactionID, or same MessageID, Recipient, MMStatus
+    and date as sent (the table's unique indexes, as a query)."""
+    return (
+        f"SELECT id FROM {table} WHERE message_id = :message_id AND ((transaction_id = :transaction_id)"
+        f" OR (recipient IS :recipient AND mm_status = :mm_status"
+        f" AND ifnull({date_column}, '') = ifnull(:{date_column}, '')))"
+    )
+
+
+RESENT_MESSAGE_SQL = (
+    f"SELECT id FROM {MESSAGES} WHERE fingerprint = :fingerprint AND (transaction_id = :transaction_id"
+    " OR linked_id IS NOT NULL OR time_stamp_sent IS NOT NULL)"
+)
+
+
+def insert(
+    db: sqlite_utils.Database, table: str, columns: dict[str, type], row: dict[str, Any], on_conflict: str = ""
+) -> sqlite3.Cursor:
+    names = [c for c in columns if c != "id"]
+    sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)}) {on_conflict}"
+    return db.execute(sql, [row.get(c) for c in names])
 
 
 @contextmanager

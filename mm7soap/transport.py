@@ -21,7 +21,8 @@ from mm7soap import errors, mime
 from mm7soap.access import AccessPolicy
 from mm7soap.envelope import Reply
 from mm7soap.namespaces import DEFAULT_NAME, MM7_NAMESPACES
-from mm7soap.service import Answer, Endpoint, Inbound
+from mm7soap.records import Inbound
+from mm7soap.service import Answer, Endpoint
 from mm7soap.settings import Settings
 from mm7soap.soap import fault_document
 from mm7soap.store import Store
@@ -57,7 +58,7 @@ class MM7WsgiApp:
         self.settings = settings
         self.store = store or Store(settings)
         self.store.migrate()
-        self.endpoint = Endpoint(self.store)
+        self.endpoint = Endpoint(self.store, settings.service_code)
         self.wsdl = WsdlDocuments(self.endpoint)
         self.access = AccessPolicy(settings)
         self.endpoint_paths = {settings.path.rstrip("/"), ""}
@@ -88,12 +89,13 @@ class MM7WsgiApp:
         if method != "POST":
             raise errors.MethodNotAllowedError(f"{method} is not an MM7 request; POST a SOAP envelope")
         client = self.access.check(environ)
-        root = mime.root_part(environ.get("CONTENT_TYPE", ""), self.read_body(environ))
+        body = mime.read_body(environ.get("CONTENT_TYPE", ""), self.read_body(environ))
         inbound = Inbound(
-            raw_envelope=root.data,
-            charset=root.charset,
+            raw_envelope=body.root.data,
+            charset=body.root.charset,
             client_address=client,
             operator_id=operator_id(environ),
+            attachments=body.attachments,
         )
         return self.soap_answer(self.endpoint.answer(inbound))
 

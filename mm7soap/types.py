@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spyne import AnyXml, Boolean, ComplexModel, DateTime, Unicode, UnsignedInteger
+from spyne import AnyUri, AnyXml, Boolean, ComplexModel, DateTime, Unicode, UnsignedInteger
 from spyne.model.complex import XmlAttribute, XmlData
 
 # The 3GPP delivery states (spec.md §5), documented in the WSDL.  MMStatus stays a plain
@@ -27,6 +27,9 @@ MM_DELIVERY_STATUSES = (
     "DeliveryConditionNotMet",
 )
 
+# The read states of a ReadReplyReq (spec.md §4.4); KT sends `1000`, stored as sent too.
+MM_READ_STATUSES = ("Read", "Deleted", "Indeterminate")
+
 # The three ways an MM7 address may be written; an address holds exactly one of them.
 ADDRESS_KINDS = ("RFC2822Address", "Number", "ShortCode")
 
@@ -37,6 +40,25 @@ def optional(type_: Any, doc: str = "") -> Any:
 
 def required(type_: Any, doc: str = "") -> Any:
     return type_.customize(min_occurs=1, nillable=False, doc=doc)
+
+
+def enumeration(namespace: str, type_name: str, values: tuple[str, ...]) -> Any:
+    """An optional string restricted to `values`, as a named type of the MM7 namespace.
+
+    Made in one step: customizing it again would derive an anonymous type from it.  The
+    restriction is documentation, not validation: values outside it are stored as sent.
+    """
+    return Unicode.customize(
+        values=list(values), type_name=type_name, __namespace__=namespace, min_occurs=0, nillable=False
+    )
+
+
+def repeated(type_: Any) -> Any:
+    return type_.customize(min_occurs=0, max_occurs="unbounded", nillable=False)
+
+
+# The fields every read or delivery report ends with (REL-6, spec.md §4.2 and §4.4).
+APPLICATION_FIELDS = ("ApplicID", "ReplyApplicID", "AuxApplicInfo")
 
 
 class MM7Types:
@@ -54,7 +76,7 @@ class MM7Types:
             __type_name__ = "addressValueType"
             value = XmlData(Unicode)
             displayOnly = XmlAttribute(Boolean)
-            addressCoding = XmlAttribute(Unicode(values=["encrypted", "obfuscated"]))
+            addressCoding = XmlAttribute(enumeration(namespace, "addressCodingType", ("encrypted", "obfuscated")))
             id = XmlAttribute(Unicode)
 
         class Address(Base):
@@ -98,14 +120,92 @@ class MM7Types:
                 ),
                 (
                     "MMStatusExtension",
-                    optional(Unicode(values=["RejectionByMMSRecipient", "RejectionByOtherRS"])),
+                    enumeration(namespace, "mmStatusExtensionType", ("RejectionByMMSRecipient", "RejectionByOtherRS")),
                 ),
                 ("StatusText", optional(Unicode)),
-                ("ApplicID", optional(Unicode)),
-                ("ReplyApplicID", optional(Unicode)),
-                ("AuxApplicInfo", optional(Unicode)),
+                *[(name, optional(Unicode)) for name in APPLICATION_FIELDS],
                 ("UACapabilities", optional(UACapabilities)),
             ]
+
+        class ReadReplyReq(Base):
+            __type_name__ = "readReplyReqType"
+            _type_info = [
+                ("MM7Version", required(Unicode)),
+                ("MMSRelayServerID", optional(Unicode)),
+                ("MessageID", required(Unicode, "The MessageID the MMSC gave in SubmitRsp")),
+                ("Recipient", required(Address, "The party that read (or deleted) the MM")),
+                ("Sender", optional(Address)),
+                ("TimeStamp", optional(DateTime)),
+                ("MMStatus", required(Unicode, "One of " + ", ".join(MM_READ_STATUSES) + " or as sent")),
+                ("StatusText", optional(Unicode)),
+                *[(name, optional(Unicode)) for name in APPLICATION_FIELDS],
+            ]
+
+        class MultiAddress(Base):
+            """One recipient list (To, Cc or Bcc): one or more addresses."""
+
+            __type_name__ = "multiAddressType"
+            _type_info = [(kind, repeated(AddressValue)) for kind in ADDRESS_KINDS]
+
+        class Recipients(Base):
+            __type_name__ = "recipientsType"
+            _type_info = [(name, optional(MultiAddress)) for name in ("To", "Cc", "Bcc")]
+
+        class UserAgent(Base):
+            __type_name__ = "userAgentType"
+            _type_info = [
+                *[(kind, optional(AddressValue)) for kind in ADDRESS_KINDS],
+                ("sequence", XmlAttribute(UnsignedInteger)),
+            ]
+
+        class PreviouslySentBy(Base):
+            __type_name__ = "previouslySentByType"
+            _type_info = [("UserAgent", repeated(UserAgent))]
+
+        class SentDateTime(Base):
+            __type_name__ = "previouslySentDateTimeType"
+            value = XmlData(DateTime)
+            sequence = XmlAttribute(UnsignedInteger)
+
+        class PreviouslySentDateAndTime(Base):
+            __type_name__ = "previouslySentDateAndTimeType"
+            _type_info = [("DateTime", repeated(SentDateTime))]
+
+        class Content(Base):
+            """Where the MM content is: `href="cid:…"` names a MIME part of the request."""
+
+            __type_name__ = "contentReferenceType"
+            href = XmlAttribute(AnyUri)
+            allowAdaptations = XmlAttribute(Boolean)
+
+        class DeliverReq(Base):
+            __type_name__ = "deliverReqType"
+            _type_info = [
+                ("MM7Version", required(Unicode)),
+                ("MMSRelayServerID", optional(Unicode)),
+                ("VASPID", optional(Unicode)),
+                ("VASID", optional(Unicode)),
+                ("LinkedID", optional(Unicode, "The MMSC's id of this MO; quote it in a reply")),
+                ("Sender", optional(Address, "The subscriber who sent the MM")),
+                ("Recipients", optional(Recipients)),
+                ("Previouslysentby", optional(PreviouslySentBy)),
+                ("Previouslysentdateandtime", optional(PreviouslySentDateAndTime)),
+                ("SenderSPI", optional(Unicode)),
+                ("RecipientSPI", optional(Unicode)),
+                ("TimeStamp", optional(DateTime)),
+                ("ReplyChargingID", optional(Unicode)),
+                ("Priority", enumeration(namespace, "priorityType", ("High", "Normal", "Low"))),
+                ("Subject", optional(Unicode)),
+                *[(name, optional(Unicode)) for name in APPLICATION_FIELDS],
+                ("UACapabilities", optional(UACapabilities)),
+                ("Content", optional(Content)),
+            ]
+
+        class DeliverRsp(GenericResponse):
+            """genericResponseType extended with the VASP's ServiceCode (after Status)."""
+
+            __type_name__ = "deliverRspType"
+            _type_info = [("ServiceCode", optional(Unicode))]
 
         class TransactionID(Base):
             """The SOAP header that pairs a request with its answer."""
@@ -119,4 +219,9 @@ class MM7Types:
         self.Status = Status
         self.GenericResponse = GenericResponse
         self.DeliveryReportReq = DeliveryReportReq
+        self.ReadReplyReq = ReadReplyReq
+        self.Recipients = Recipients
+        self.Content = Content
+        self.DeliverReq = DeliverReq
+        self.DeliverRsp = DeliverRsp
         self.TransactionID = TransactionID

@@ -18,6 +18,8 @@ from mm7soap.namespaces import DEFAULT_NAME, MM7_NAMES, MM7_NAMESPACES
 if TYPE_CHECKING:
     from mm7soap.service import Endpoint
 
+XSD = "http://www.w3.org/2001/XMLSchema"
+
 # The service address written into the checked-in files (the embedded default).
 PLACEHOLDER_URL = "http://127.0.0.1:8080/mm7"
 
@@ -36,6 +38,8 @@ class WsdlDocuments:
             wsdl = Wsdl11(app.interface)
             wsdl.build_interface_document(PLACEHOLDER_URL)
             tree = etree.fromstring(wsdl.get_interface_document())
+            for schema in tree.iter(f"{{{XSD}}}schema"):
+                sort_schema(schema)
             self._built[name] = etree.tostring(tree, pretty_print=True, xml_declaration=True, encoding="utf-8")
         return self._built[name]
 
@@ -54,6 +58,22 @@ class WsdlDocuments:
             path.write_bytes(self.document(name))
             written.append(path)
         return written
+
+
+# Top-level schema components in the order they are written: imports must come first.
+COMPONENT_ORDER = ("import", "simpleType", "complexType", "element")
+
+
+def sort_schema(schema: etree._Element) -> None:
+    """Spyne writes a schema's types in hash order, which changes between processes; the
+    checked-in files must not, so components are sorted by kind, then name."""
+
+    def key(component: etree._Element) -> tuple[int, str]:
+        kind = etree.QName(component).localname if isinstance(component.tag, str) else ""
+        rank = COMPONENT_ORDER.index(kind) if kind in COMPONENT_ORDER else len(COMPONENT_ORDER)
+        return rank, "" if kind == "import" else component.get("name", "")
+
+    schema[:] = sorted(schema, key=key)
 
 
 def escape_attribute(value: str) -> str:

@@ -105,7 +105,7 @@ def test_root_part_charset_is_used_when_the_xml_declares_none(app):
 
 def test_multipart_without_parts_is_a_validation_error():
     with pytest.raises(errors.ValidationError):
-        mime.root_part("multipart/related; boundary=x", b"--x--\r\n")
+        mime.read_body("multipart/related; boundary=x", b"--x--\r\n")
 
 
 def test_damaged_multipart_gets_a_soap_fault(app):

@@ -31,9 +31,11 @@ def test_wsdl_declares_the_operation_types_and_transaction_id_header(app):
     ns = MM7_NAMESPACES["REL-6-MM7-1-4"]
     assert root.get("targetNamespace") == ns
     elements = {e.get("name") for e in root.iter(f"{{{XS}}}element")}
-    assert {"DeliveryReportReq", "DeliveryReportRsp", "TransactionID", "MessageID", "MMStatus"} <= elements
+    messages = {f"{name}{end}" for name in ("DeliveryReport", "ReadReply", "Deliver") for end in ("Req", "Rsp")}
+    assert messages | {"TransactionID", "MessageID", "MMStatus", "Content", "LinkedID"} <= elements
     headers = root.findall(".//{http://schemas.xmlsoap.org/wsdl/soap/}header")
-    assert len(headers) == 2 and all(h.get("part") == "TransactionID" for h in headers)
+    # TransactionID in the input and the output of each of the three operations
+    assert len(headers) == 6 and all(h.get("part") == "TransactionID" for h in headers)
     assert b'nillable="true"' not in app.wsdl.document("REL-6-MM7-1-4")
 
 

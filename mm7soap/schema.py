@@ -1,0 +1,184 @@
+"""The database schema: one table per MM7 request stored, and the migrations that build it.
+
+Each migration runs once, in order, and `PRAGMA user_version` counts those applied; a
+released migration is never edited, only followed by a new one.  Times are UTC text of a
+fixed width, so that text order is time order (`--since`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+REPORTS = "delivery_reports"
+READ_REPLIES = "read_replies"
+MESSAGES = "messages"
+PARTS = "message_parts"
+
+
+def address_columns(prefix: str) -> dict[str, type]:
+    """An MM7 address: its value, its kind (Number, ShortCode, RFC2822Address), its attributes."""
+    return {
+        prefix: str,
+        f"{prefix}_kind": str,
+        f"{prefix}_display_only": int,
+        f"{prefix}_address_coding": str,
+        f"{prefix}_address_id": str,
+    }
+
+
+# Where a request came from and how it was written; the last columns of every table.
+ORIGIN_COLUMNS: dict[str, type] = {
+    "transaction_id": str,
+    "namespace": str,  # e.g. REL-6-MM7-1-4
+    "mm7_version": str,
+    "operator_id": str,  # X-Mblox-Carrier-Id / x-mblox-operator-id, leading zeros kept
+    "client_address": str,
+    "raw_envelope": bytes,  # the SOAP part exactly as received
+}
+
+APPLICATION_COLUMNS: dict[str, type] = {"applic_id": str, "reply_applic_id": str, "aux_applic_info": str}
+
+# Columns of a stored delivery report, in the order a person reads them.
+REPORT_COLUMNS: dict[str, type] = {
+    "id": int,
+    "received_at": str,  # UTC, ISO 8601, when we committed it
+    "message_id": str,
+    **address_columns("recipient"),
+    **address_columns("sender"),
+    "date_sent": str,  # Date (or TimeStamp) exactly as sent
+    "date_utc": str,  # the same, normalised to UTC; NULL when it was not an xs:dateTime
+    "mm_status": str,  # exactly as sent, 3GPP value or not
+    "mm_status_extension": str,
+    "status_text": str,
+    "mms_relay_server_id": str,
+    **APPLICATION_COLUMNS,
+    "ua_prof": str,
+    "ua_timestamp": str,
+    **ORIGIN_COLUMNS,
+}
+
+READ_REPLY_COLUMNS: dict[str, type] = {
+    "id": int,
+    "received_at": str,
+    "message_id": str,
+    **address_columns("recipient"),  # the party that read the MM
+    **address_columns("sender"),
+    "time_stamp_sent": str,  # TimeStamp exactly as sent
+    "time_stamp_utc": str,
+    "mm_status": str,  # Read, Deleted, Indeterminate, or as sent
+    "status_text": str,
+    "mms_relay_server_id": str,
+    **APPLICATION_COLUMNS,
+    **ORIGIN_COLUMNS,
+}
+
+# A mobile-originated MM (DeliverReq); its files are rows of PART_COLUMNS.
+MESSAGE_COLUMNS: dict[str, type] = {
+    "id": int,
+    "received_at": str,
+    "linked_id": str,  # the MMSC's id of this MO (Sinch: always sent)
+    **address_columns("sender"),
+    "recipients": str,  # JSON: [{"list": "To", "kind": "ShortCode", "address": "24680", …}]
+    "subject": str,
+    "priority": str,
+    "time_stamp_sent": str,
+    "time_stamp_utc": str,
+    "vasp_id": str,
+    "vas_id": str,
+    "mms_relay_server_id": str,
+    "sender_spi": str,
+    "recipient_spi": str,
+    "reply_charging_id": str,
+    **APPLICATION_COLUMNS,
+    "previously_sent_by": str,  # JSON
+    "previously_sent_date_and_time": str,  # JSON
+    "ua_prof": str,
+    "ua_timestamp": str,
+    "content_href": str,  # as sent
+    "allow_adaptations": int,
+    "content_found_by": str,  # href, all-parts or none (mm7soap.content)
+    "part_count": int,
+    "content_bytes": int,
+    "fingerprint": str,  # sha256 of what makes this MO itself, for recognising a resend
+    **ORIGIN_COLUMNS,
+}
+
+PART_COLUMNS: dict[str, type] = {
+    "id": int,
+    "message": int,  # messages.id
+    "position": int,  # 1, 2, … in MIME order
+    "content_type": str,  # media type, lower-cased
+    "charset": str,
+    "content_id": str,  # without <>
+    "content_location": str,
+    "filename": str,
+    "size": int,
+    "sha256": str,
+    "data": bytes,  # decoded (base64, quoted-printable), byte-exact
+}
+
+
+def migrate_1_delivery_reports(db: sqlite_utils.Database) -> None:
+    db[REPORTS].create(REPORT_COLUMNS, pk="id", not_null={"received_at", "message_id", "mm_status"})
+    db[REPORTS].create_index(["message_id"], index_name="delivery_reports_message_id")
+    # The two ways a resend is recognised (issue 2): same TransactionID and MessageID, or
+    # the same MessageID, Recipient, MMStatus and Date.  A report without TransactionID
+    # (NULL) never collides on the first.
+    db[REPORTS].create_index(
+        ["transaction_id", "message_id"], index_name="delivery_reports_resend_by_transaction", unique=True
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX delivery_reports_resend_by_content ON delivery_reports"
+        " (message_id, recipient, mm_status, ifnull(date_sent, ''))"
+    )
+
+
+def migrate_2_health(db: sqlite_utils.Database) -> None:
+    # One row, rewritten by every health check: a real durable write, so a read-only
+    # file, a full disk or a held lock shows up in /health as it would for a report.
+    db.execute("CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at TEXT NOT NULL)")
+
+
+def migrate_3_read_replies(db: sqlite_utils.Database) -> None:
+    # Resends are recognised exactly as for delivery reports, TimeStamp standing for Date.
+    db[READ_REPLIES].create(READ_REPLY_COLUMNS, pk="id", not_null={"received_at", "message_id", "mm_status"})
+    db[READ_REPLIES].create_index(["message_id"], index_name="read_replies_message_id")
+    db[READ_REPLIES].create_index(
+        ["transaction_id", "message_id"], index_name="read_replies_resend_by_transaction", unique=True
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX read_replies_resend_by_content ON read_replies"
+        " (message_id, recipient, mm_status, ifnull(time_stamp_sent, ''))"
+    )
+
+
+def migrate_4_messages(db: sqlite_utils.Database) -> None:
+    db[MESSAGES].create(MESSAGE_COLUMNS, pk="id", not_null={"received_at", "fingerprint"})
+    db[MESSAGES].create_index(["received_at"], index_name="messages_received_at")
+    db[MESSAGES].create_index(["sender"], index_name="messages_sender")
+    # A resend is the same MO again: the same TransactionID and content, or, when the MO
+    # names itself (LinkedID or TimeStamp), the same content under a new TransactionID.
+    db[MESSAGES].create_index(
+        ["transaction_id", "fingerprint"], index_name="messages_resend_by_transaction", unique=True
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX messages_resend_by_content ON messages (fingerprint)"
+        " WHERE linked_id IS NOT NULL OR time_stamp_sent IS NOT NULL"
+    )
+    db[PARTS].create(
+        PART_COLUMNS,
+        pk="id",
+        foreign_keys=[("message", MESSAGES, "id")],
+        not_null={"message", "position", "content_type", "size", "sha256", "data"},
+    )
+    db[PARTS].create_index(["message", "position"], index_name="message_parts_position", unique=True)
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    migrate_1_delivery_reports,
+    migrate_2_health,
+    migrate_3_read_replies,
+    migrate_4_messages,
+)
