@@ -12,8 +12,12 @@ A multipart content part (a SMIL presentation, multipart/mixed) is unpacked into
 from __future__ import annotations
 
 import hashlib
+import mimetypes
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 from mm7soap.mime import MimePart, strip_angles
@@ -110,3 +114,29 @@ def numbered(parts: Iterable[MimePart]) -> tuple[ContentPart, ...]:
         )
         for position, part in enumerate(parts, start=1)
     )
+
+
+# What may appear in a file name written from a part; a sender chooses the name.
+UNSAFE_FILE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def part_file_name(part: dict[str, Any]) -> str:
+    """A safe local file name for a stored part: its position, then the sender's name for it
+    (filename, else Content-Location, else Content-ID) reduced to harmless characters, with
+    an extension guessed from the content type when it has none."""
+    given = part.get("filename") or part.get("content_location") or part.get("content_id") or ""
+    name = UNSAFE_FILE_CHARACTERS.sub("_", re.split(r"[/\\]", given)[-1]).strip("._")
+    if "." not in name:
+        name = (name or "part") + (mimetypes.guess_extension(part.get("content_type") or "") or ".bin")
+    return f"{part['position']}-{name}"
+
+
+def write_parts(parts: Iterable[dict[str, Any]], folder: Path) -> list[Path]:
+    """Write each stored part (with its `data`) into `folder`; returns the paths written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for part in parts:
+        path = folder / part_file_name(part)
+        path.write_bytes(part["data"])
+        written.append(path)
+    return written

@@ -11,13 +11,13 @@ from click.testing import CliRunner
 
 from mm7soap.cli import cli
 from mm7soap.namespaces import MM7_NAMES
-from tests.helpers import call, data
+from tests.helpers import call, data, template
 
 COMMANDS = sorted(cli.commands)
 
 
 def test_the_commands_exist():
-    assert set(COMMANDS) == {"serve", "wsdl", "reports", "report"}
+    assert set(COMMANDS) == {"serve", "wsdl", "reports", "report", "messages", "message"}
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -42,8 +42,8 @@ def test_reports_lists_newest_first(app, settings):
     result = CliRunner().invoke(cli, ["reports", "--database", settings.database])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split()[:3] == ["id", "received_at", "message_id"]
-    assert [line.split()[2] for line in lines[2:]] == ["CN-MSG-0001", "KR_20261127_000123", "481516234200000001"]
+    assert lines[0].split()[:4] == ["kind", "id", "received_at", "message_id"]
+    assert [line.split()[3] for line in lines[2:]] == ["CN-MSG-0001", "KR_20261127_000123", "481516234200000001"]
 
 
 def test_reports_filters_and_json(app, settings):
@@ -89,10 +89,124 @@ def test_report_shows_every_report_of_a_message(app, settings):
     assert "no report for MessageID nope" in missing.output
 
 
+def test_report_lists_read_replies_beside_delivery_reports(app, settings):
+    store_examples(app)
+    assert call(app, data("cli_read_reply.xml")).text("Body/ReadReplyRsp/Status/StatusCode") == "1000"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["report", "481516234200000001", "-d", settings.database])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines()[2:]]
+    assert [(row[0], row[6]) for row in rows] == [("ReadReply", "Read"), ("DeliveryReport", "Retrieved")]
+    only = runner.invoke(cli, ["reports", "-d", settings.database, "--kind", "ReadReply", "--json"])
+    assert [(r["kind"], r["mm_status"]) for r in json.loads(only.output)] == [("ReadReply", "Read")]
+    delivery = runner.invoke(cli, ["reports", "-d", settings.database, "--kind", "DeliveryReport", "--json"])
+    assert {r["kind"] for r in json.loads(delivery.output)} == {"DeliveryReport"}
+    assert len(json.loads(delivery.output)) == 3
+
+
 def test_reports_reads_the_database_from_the_environment(app, settings):
     store_examples(app)
     result = CliRunner().invoke(cli, ["reports", "--json"], env={"MM7SOAP_DATABASE": settings.database})
     assert len(json.loads(result.output)) == 3
+
+
+MO_PICTURE = bytes(range(256)) * 4 + b"\r\n--not-a-boundary\r\n"
+
+
+def post_mo(app, sender: str, subject: str, linked_id: str) -> None:
+    envelope = template(
+        "cli_deliver_template.xml",
+        transaction_id=f"tx-{linked_id}",
+        linked_id=linked_id,
+        sender=sender,
+        subject=subject,
+    )
+    content = [
+        b"Content-Type: image/jpeg",
+        b"Content-ID: <picture>",
+        b"Content-Disposition: attachment; filename=../../holiday.jpg",
+        b"Content-Transfer-Encoding: binary",
+        b"",
+        MO_PICTURE,
+        b"--inner",
+        b"Content-Type: text/plain; charset=utf-8",
+        b"",
+        "Grüße".encode(),
+        b"--inner--",
+    ]
+    body = b"\r\n".join(
+        [
+            b"--outer",
+            b"Content-Type: text/xml; charset=utf-8",
+            b"Content-ID: <soap-start>",
+            b"",
+            envelope,
+            b"--outer",
+            b"Content-Type: multipart/mixed; boundary=inner",
+            b"Content-ID: <default.cid>",
+            b"",
+            b"--inner",
+            *content,
+            b"--outer--",
+            b"",
+        ]
+    )
+    ctype = 'multipart/related; type="text/xml"; boundary=outer; start="<soap-start>"'
+    response = call(app, body, content_type=ctype, headers={"X-Mblox-Carrier-Id": "0001470"})
+    assert response.text("Body/DeliverRsp/Status/StatusCode") == "1000", response.body
+
+
+def test_messages_lists_and_filters(app, settings):
+    post_mo(app, "15551230001", "first", "mo-1")
+    post_mo(app, "15551230002", "second", "mo-2")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["messages", "-d", settings.database])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == [
+        "id",
+        "received_at",
+        "sender",
+        "recipients",
+        "subject",
+        "part_count",
+        "content_bytes",
+        "operator_id",
+    ]
+    assert [line.split()[2:5] for line in lines[2:]] == [
+        ["15551230002", "To:24680", "second"],
+        ["15551230001", "To:24680", "first"],
+    ]
+    filtered = runner.invoke(cli, ["messages", "-d", settings.database, "--sender", "15551230001", "--json"])
+    [row] = json.loads(filtered.output)
+    assert row["subject"] == "first" and row["part_count"] == 2 and row["operator_id"] == "0001470"
+    assert row["recipients"] == [{"list": "To", "kind": "ShortCode", "address": "24680", "display_only": False}]
+    assert "tx-mo-1" in row["raw_envelope"]
+    later = runner.invoke(cli, ["messages", "-d", settings.database, "--since", "2999-01-01", "--json"])
+    assert json.loads(later.output) == []
+
+
+def test_message_shows_parts_and_saves_them_safely(app, settings, tmp_path):
+    post_mo(app, "15551230001", "picture", "mo-3")
+    [row] = list(app.store.messages())
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["message", str(row["id"]), "-d", settings.database])
+    assert shown.exit_code == 0, shown.output
+    assert "subject" in shown.output and "picture" in shown.output and "image/jpeg" in shown.output
+    folder = tmp_path / "parts"
+    saved = runner.invoke(cli, ["message", str(row["id"]), "-d", settings.database, "--save-parts", str(folder)])
+    assert saved.exit_code == 0, saved.output
+    # the sender's "../../holiday.jpg" cannot leave the folder
+    assert sorted(p.name for p in folder.iterdir()) == ["1-holiday.jpg", "2-part.txt"]
+    assert (folder / "1-holiday.jpg").read_bytes() == MO_PICTURE
+    assert (folder / "2-part.txt").read_bytes() == "Grüße".encode()
+    assert str(folder / "1-holiday.jpg") in saved.output
+    as_json = runner.invoke(cli, ["message", str(row["id"]), "-d", settings.database, "--json"])
+    details = json.loads(as_json.output)
+    assert [part["content_type"] for part in details["parts"]] == ["image/jpeg", "text/plain"]
+    assert details["parts"][0]["size"] == len(MO_PICTURE)
+    missing = runner.invoke(cli, ["message", "999", "-d", settings.database])
+    assert missing.exit_code == 1 and "no message 999" in missing.output
 
 
 def test_wsdl_writes_one_file_per_namespace(tmp_path):

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from mm7soap.namespaces import MM7_NAMESPACES, SOAP12_ENV, SOAP_ENV
-from tests.helpers import SINCH_CONTENT_TYPE, call, data, find_local
+from tests.helpers import SINCH_CONTENT_TYPE, call, data, find_local, template
 
 EXAMPLES = int(os.environ.get("MM7SOAP_FUZZ_EXAMPLES", "300"))
 REL6 = MM7_NAMESPACES["REL-6-MM7-1-4"]
 
 
-def swa(envelope: bytes, newline: bytes = b"\r\n") -> tuple[str, bytes]:
+def swa(envelope: bytes, newline: bytes = b"\r\n", content_id: bytes = b"<picture>") -> tuple[str, bytes]:
     body = newline.join(
         [
             b"preamble",
@@ -31,6 +31,8 @@ def swa(envelope: bytes, newline: bytes = b"\r\n") -> tuple[str, bytes]:
             envelope,
             b"--fz",
             b"Content-Type: image/gif",
+            b"Content-ID: " + content_id,
+            b"Content-Transfer-Encoding: binary",
             b"",
             b"GIF89a",
             b"--fz--",
@@ -40,6 +42,7 @@ def swa(envelope: bytes, newline: bytes = b"\r\n") -> tuple[str, bytes]:
     return 'multipart/related; type="text/xml"; boundary=fz; start="<root>"', body
 
 
+MO = template("cli_deliver_template.xml", transaction_id="fz-mo", linked_id="fz-1", sender="15551230001", subject="fz")
 BASES: list[tuple[str, bytes]] = [
     ("text/xml; charset=utf-8", data("sinch_delivery_report.xml")),
     (SINCH_CONTENT_TYPE, data("sinch_delivery_report.xml")),
@@ -49,13 +52,20 @@ BASES: list[tuple[str, bytes]] = [
     ("text/xml", data("submit_req.xml")),
     swa(data("sinch_delivery_report.xml")),
     swa(data("korean_euc_kr.xml"), b"\n"),
+    ("text/xml", data("cli_read_reply.xml")),
+    swa(MO, content_id=b"default.cid"),
+    swa(MO.replace(b'href="cid:default.cid"', b'mm7:href="cid: default.cid"'), b"\n"),
 ]
 TAGS = [
     b"Envelope",
     b"Body",
     b"Header",
     b"DeliveryReportReq",
+    b"ReadReplyReq",
+    b"DeliverReq",
     b"SubmitReq",
+    b"Content",
+    b"href",
     b"MessageID",
     b"Recipient",
     b"Recipients",
@@ -137,12 +147,18 @@ def test_every_answer_is_an_mm7_answer(app, request):
         assert code is not None and code.text.isdigit() and code.text != "1000"
     else:
         assert response.status == 200
-        assert name == "DeliveryReportRsp"
         assert find_local(first, "Status/StatusCode").text == "1000"
-        # Stored now, or earlier under another TransactionID (a resend is stored once).
         echoed = find_local(root, "Header/TransactionID")
-        transaction_id = echoed.text if echoed is not None else None
-        assert any(
-            row["transaction_id"] == transaction_id or row["message_id"].encode() in body
-            for row in app.store.delivery_reports()
-        )
+        assert stored(app, name, echoed.text if echoed is not None else None, body)
+
+
+def stored(app, answer: str, transaction_id: str | None, body: bytes) -> bool:
+    """A 1000 means stored now, or earlier under another TransactionID (a resend is stored once)."""
+    if answer == "DeliverRsp":
+        rows, key = list(app.store.messages()), "linked_id"
+    elif answer in ("DeliveryReportRsp", "ReadReplyRsp"):
+        rows = list(app.store.delivery_reports() if answer == "DeliveryReportRsp" else app.store.read_replies())
+        key = "message_id"
+    else:
+        raise AssertionError(f"{answer} is not an MM7 answer to a request an MMSC sends")
+    return any(row["transaction_id"] == transaction_id or (row[key] and row[key].encode() in body) for row in rows)

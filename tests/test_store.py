@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from mm7soap.store import MIGRATIONS, Store
+from mm7soap.store import MIGRATIONS, Store, transaction
 from tests.helpers import assert_fault, call, data
 
 NS = "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/REL-6-MM7-1-4"
@@ -93,3 +93,30 @@ def test_synchronous_setting_is_applied(tmp_path, synchronous):
     levels = {"NORMAL": 1, "FULL": 2, "EXTRA": 3}
     with Store(Settings(database=str(tmp_path / "s.db"), synchronous=synchronous)) as store:
         assert store.db.execute("PRAGMA synchronous").fetchone()[0] == levels[synchronous]
+
+
+def test_a_database_of_an_earlier_release_is_migrated_and_keeps_its_reports(settings):
+    """A database made before read replies and MO messages existed (schema version 2)."""
+    with Store(settings) as store:
+        db = store.db
+        with transaction(db):
+            for number, migration in enumerate(MIGRATIONS[:2], start=1):
+                migration(db)
+                db.execute(f"PRAGMA user_version = {number}")
+        db.execute(
+            "INSERT INTO delivery_reports (received_at, message_id, mm_status) VALUES ('t', 'old-1', 'Retrieved')"
+        )
+        assert "messages" not in db.table_names()
+        assert store.migrate() == len(MIGRATIONS)
+        assert [row["message_id"] for row in store.delivery_reports()] == ["old-1"]
+        assert {"read_replies", "messages", "message_parts"} <= set(db.table_names())
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_message_parts_belong_to_a_stored_message(app):
+    """The foreign key is enforced: a part cannot point at no message."""
+    with pytest.raises(sqlite3.IntegrityError):
+        app.store.db.execute(
+            "INSERT INTO message_parts (message, position, content_type, size, sha256, data)"
+            " VALUES (999, 1, 'text/plain', 0, '', x'')"
+        )
