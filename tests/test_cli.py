@@ -17,7 +17,7 @@ COMMANDS = sorted(cli.commands)
 
 
 def test_the_commands_exist():
-    assert set(COMMANDS) == {"serve", "wsdl", "reports", "report", "messages", "message"}
+    assert set(COMMANDS) == {"serve", "wsdl", "reports", "report", "messages", "message", "send"}
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])

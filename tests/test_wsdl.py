@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 import zeep
@@ -52,21 +49,6 @@ def test_get_wsdl_of_another_namespace(app):
     assert response.status == 200
     assert etree.fromstring(response.body).get("targetNamespace") == MM7_NAMESPACES["REL-5-MM7-1-0"]
     assert call(app, method="GET", query="wsdl=REL-9", content_type="").status == 404
-
-
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def live_url(app) -> Iterator[str]:
-    server: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/mm7"
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.mark.parametrize("name", ["REL-6-MM7-1-4", "REL-5-MM7-1-0"])
