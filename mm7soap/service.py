@@ -85,6 +85,7 @@ def build_application(namespace: str, store: Store, service_code: str = "") -> M
             _out_header=(types.TransactionID,),
             _body_style="bare",
             _returns=response,
+            _faults=[types.VASPErrorRsp],
             _in_message_name=f"{name}Req",
             _out_message_name=f"{name}Rsp",
             _operation_name=name,

@@ -42,15 +42,21 @@ def required(type_: Any, doc: str = "") -> Any:
     return type_.customize(min_occurs=1, nillable=False, doc=doc)
 
 
-def enumeration(namespace: str, type_name: str, values: tuple[str, ...]) -> Any:
-    """An optional string restricted to `values`, as a named type of the MM7 namespace.
+def enumeration(namespace: str, type_name: str, values: tuple[str, ...], min_occurs: int = 0) -> Any:
+    """A string restricted to `values`, as a named type of the MM7 namespace.
 
     Made in one step: customizing it again would derive an anonymous type from it.  The
-    restriction is documentation, not validation: values outside it are stored as sent.
+    restriction is the contract (what a client generated from the WSDL sends), not a
+    check on what arrives: values outside it are stored as sent (spec.md §5).
     """
     return Unicode.customize(
-        values=list(values), type_name=type_name, __namespace__=namespace, min_occurs=0, nillable=False
+        values=list(values), type_name=type_name, __namespace__=namespace, min_occurs=min_occurs, nillable=False
     )
+
+
+def status_enumeration(namespace: str, type_name: str, values: tuple[str, ...]) -> Any:
+    """MMStatus: required, one of the 3GPP values in the WSDL, stored as sent whatever it is."""
+    return enumeration(namespace, type_name, values, min_occurs=1)
 
 
 def repeated(type_: Any) -> Any:
@@ -112,12 +118,9 @@ class MM7Types:
                 ("MMSRelayServerID", optional(Unicode)),
                 ("MessageID", required(Unicode, "The MessageID the MMSC gave in SubmitRsp")),
                 ("Recipient", required(Address)),
-                ("Sender", optional(Address)),
-                ("Date", optional(DateTime, "When the MMSC handled the message")),
-                (
-                    "MMStatus",
-                    required(Unicode, "One of " + ", ".join(MM_DELIVERY_STATUSES) + " or as sent"),
-                ),
+                ("Sender", required(Address)),
+                ("Date", required(DateTime, "When the MMSC handled the message")),
+                ("MMStatus", status_enumeration(namespace, "mmDeliveryStatusType", MM_DELIVERY_STATUSES)),
                 (
                     "MMStatusExtension",
                     enumeration(namespace, "mmStatusExtensionType", ("RejectionByMMSRecipient", "RejectionByOtherRS")),
@@ -134,9 +137,9 @@ class MM7Types:
                 ("MMSRelayServerID", optional(Unicode)),
                 ("MessageID", required(Unicode, "The MessageID the MMSC gave in SubmitRsp")),
                 ("Recipient", required(Address, "The party that read (or deleted) the MM")),
-                ("Sender", optional(Address)),
-                ("TimeStamp", optional(DateTime)),
-                ("MMStatus", required(Unicode, "One of " + ", ".join(MM_READ_STATUSES) + " or as sent")),
+                ("Sender", required(Address, "The original sender of the MM (the VASP's address)")),
+                ("TimeStamp", required(DateTime)),
+                ("MMStatus", status_enumeration(namespace, "mmReadStatusType", MM_READ_STATUSES)),
                 ("StatusText", optional(Unicode)),
                 *[(name, optional(Unicode)) for name in APPLICATION_FIELDS],
             ]
@@ -186,7 +189,7 @@ class MM7Types:
                 ("VASPID", optional(Unicode)),
                 ("VASID", optional(Unicode)),
                 ("LinkedID", optional(Unicode, "The MMSC's id of this MO; quote it in a reply")),
-                ("Sender", optional(Address, "The subscriber who sent the MM")),
+                ("Sender", required(Address, "The subscriber who sent the MM")),
                 ("Recipients", optional(Recipients)),
                 ("Previouslysentby", optional(PreviouslySentBy)),
                 ("Previouslysentdateandtime", optional(PreviouslySentDateAndTime)),
@@ -200,6 +203,11 @@ class MM7Types:
                 ("UACapabilities", optional(UACapabilities)),
                 ("Content", optional(Content)),
             ]
+
+        class VASPErrorRsp(GenericResponse):
+            """The detail of every Fault this endpoint answers (spec.md §4.7)."""
+
+            __type_name__ = "VASPErrorRsp"
 
         class DeliverRsp(GenericResponse):
             """genericResponseType extended with the VASP's ServiceCode (after Status)."""
@@ -224,4 +232,5 @@ class MM7Types:
         self.Content = Content
         self.DeliverReq = DeliverReq
         self.DeliverRsp = DeliverRsp
+        self.VASPErrorRsp = VASPErrorRsp
         self.TransactionID = TransactionID

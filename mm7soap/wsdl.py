@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from mm7soap.service import Endpoint
 
 XSD = "http://www.w3.org/2001/XMLSchema"
+WSDL_SOAP = "http://schemas.xmlsoap.org/wsdl/soap/"
 
 # The service address written into the checked-in files (the embedded default).
 PLACEHOLDER_URL = "http://127.0.0.1:8080/mm7"
@@ -40,6 +41,10 @@ class WsdlDocuments:
             tree = etree.fromstring(wsdl.get_interface_document())
             for schema in tree.iter(f"{{{XSD}}}schema"):
                 sort_schema(schema)
+            # Spyne names the operation; MMSCs (Sinch) send the namespace URI, and so should
+            # clients generated from this file.  Dispatch never reads it (transport.py).
+            for operation in tree.iter(f"{{{WSDL_SOAP}}}operation"):
+                operation.set("soapAction", MM7_NAMESPACES[name])
             self._built[name] = etree.tostring(tree, pretty_print=True, xml_declaration=True, encoding="utf-8")
         return self._built[name]
 

@@ -14,6 +14,8 @@ from tests.helpers import call
 
 WSDL_FOLDER = Path(__file__).parent.parent / "wsdl"
 XS = "http://www.w3.org/2001/XMLSchema"
+WSDL = "http://schemas.xmlsoap.org/wsdl/"
+WSDL_SOAP = "http://schemas.xmlsoap.org/wsdl/soap/"
 
 
 @pytest.mark.parametrize("name", MM7_NAMES)
@@ -51,22 +53,99 @@ def test_get_wsdl_of_another_namespace(app):
     assert call(app, method="GET", query="wsdl=REL-9", content_type="").status == 404
 
 
-@pytest.mark.parametrize("name", ["REL-6-MM7-1-4", "REL-5-MM7-1-0"])
-def test_zeep_client_from_checked_in_wsdl_gets_1000_and_transaction_id(app, live_url, name):
+def zeep_service(name: str, url: str) -> tuple[zeep.Client, object]:
     client = zeep.Client(str(WSDL_FOLDER / f"{name}.wsdl"))
-    service = client.create_service(f"{{{MM7_NAMESPACES[name]}}}MM7", live_url)
+    return client, client.create_service(f"{{{MM7_NAMESPACES[name]}}}MM7", url)
+
+
+def zeep_calls(name: str) -> dict[str, dict]:
+    """The arguments of each operation, as a partner's generated client fills them."""
+    version = "6.8.0" if name == "REL-6-MM7-1-4" else "5.3.0"
+    report = {
+        "MM7Version": version,
+        "MessageID": f"zeep-{name}",
+        "Recipient": {"Number": {"_value_1": "15551230009"}},
+        "Sender": {"ShortCode": {"_value_1": "24680"}},
+    }
+    return {
+        "DeliveryReport": {**report, "Date": "2026-11-27T12:00:00Z", "MMStatus": "Retrieved"},
+        "ReadReply": {**report, "TimeStamp": "2026-11-27T12:05:00Z", "MMStatus": "Read"},
+        "Deliver": {
+            "MM7Version": version,
+            "LinkedID": f"zeep-mo-{name}",
+            "Sender": {"Number": {"_value_1": "15551230009"}},
+            "Recipients": {"To": {"ShortCode": [{"_value_1": "24680"}]}},
+            "TimeStamp": "2026-11-27T12:10:00Z",
+            "Priority": "Normal",
+            "Subject": "zeep",
+        },
+    }
+
+
+@pytest.mark.parametrize("name", MM7_NAMES)
+def test_zeep_client_from_each_checked_in_wsdl_calls_every_operation(app, live_url, name):
+    client, service = zeep_service(name, live_url)
     transaction_id = client.get_element(f"{{{MM7_NAMESPACES[name]}}}TransactionID")
-    result = service.DeliveryReport(
-        MM7Version="6.8.0",
-        MessageID=f"zeep-{name}",
-        Recipient={"Number": {"_value_1": "15551230009"}},
-        Sender={"ShortCode": {"_value_1": "24680"}},
-        Date="2026-11-27T12:00:00Z",
-        MMStatus="Retrieved",
-        _soapheaders=[transaction_id(_value_1=f"zeep-tx-{name}")],
-    )
-    assert result.body.Status.StatusCode == 1000
-    assert result.body.MM7Version == "6.8.0"
-    assert result.header.TransactionID._value_1 == f"zeep-tx-{name}"
-    [row] = list(app.store.delivery_reports())
-    assert (row["message_id"], row["transaction_id"], row["namespace"]) == (f"zeep-{name}", f"zeep-tx-{name}", name)
+    for operation, arguments in zeep_calls(name).items():
+        tid = f"zeep-{operation}-{name}"
+        result = getattr(service, operation)(**arguments, _soapheaders=[transaction_id(_value_1=tid)])
+        assert result.body.Status.StatusCode == 1000, operation
+        assert result.body.MM7Version == arguments["MM7Version"]
+        assert result.header.TransactionID._value_1 == tid
+    assert [r["namespace"] for r in app.store.delivery_reports()] == [name]
+    assert [r["mm_status"] for r in app.store.read_replies()] == ["Read"]
+    [message] = app.store.messages()
+    assert (message["linked_id"], message["subject"], message["namespace"]) == (f"zeep-mo-{name}", "zeep", name)
+    assert message["recipients"] == '[{"list": "To", "kind": "ShortCode", "address": "24680"}]'
+
+
+def schema_of(document: bytes) -> etree._Element:
+    return etree.fromstring(document).find(f".//{{{XS}}}schema")
+
+
+def test_wsdl_types_follow_the_spec_cardinality_and_enumerations(app):
+    ns = MM7_NAMESPACES["REL-6-MM7-1-4"]
+    document = app.wsdl.document("REL-6-MM7-1-4")
+    root = etree.fromstring(document)
+    # one schema, in the MM7 namespace: no Spyne-internal type namespaces
+    assert [s.get("targetNamespace") for s in root.iter(f"{{{XS}}}schema")] == [ns]
+    schema = schema_of(document)
+
+    def sequence(type_name: str) -> list[tuple[str, str, str]]:
+        complex_type = schema.find(f"{{{XS}}}complexType[@name='{type_name}']")
+        return [(e.get("name"), e.get("type"), e.get("minOccurs", "1")) for e in complex_type.iter(f"{{{XS}}}element")]
+
+    assert sequence("deliveryReportReqType")[:7] == [
+        ("MM7Version", "xs:string", "1"),
+        ("MMSRelayServerID", "xs:string", "0"),
+        ("MessageID", "xs:string", "1"),
+        ("Recipient", "tns:addressType", "1"),
+        ("Sender", "tns:addressType", "1"),
+        ("Date", "xs:dateTime", "1"),
+        ("MMStatus", "tns:mmDeliveryStatusType", "1"),
+    ]
+    assert [n for n, _, _ in sequence("readReplyReqType")][3:7] == ["Recipient", "Sender", "TimeStamp", "MMStatus"]
+    assert ("MMStatus", "tns:mmReadStatusType", "1") in sequence("readReplyReqType")
+    assert [n for n, _, _ in sequence("deliverRspType")] == ["ServiceCode"]  # after MM7Version, Status
+    enumerations = {
+        t.get("name"): [e.get("value") for e in t.iter(f"{{{XS}}}enumeration")]
+        for t in schema.iter(f"{{{XS}}}simpleType")
+    }
+    assert enumerations["mmReadStatusType"] == ["Read", "Deleted", "Indeterminate"]
+    assert {"Retrieved", "Forwarded", "Expired"} <= set(enumerations["mmDeliveryStatusType"])
+    assert enumerations["priorityType"] == ["High", "Normal", "Low"]
+    assert b"nillable" not in document
+
+
+@pytest.mark.parametrize("name", MM7_NAMES)
+def test_soap_action_is_the_namespace_and_the_fault_is_vasp_error_rsp(app, name):
+    root = etree.fromstring(app.wsdl.document(name))
+    actions = [o.get("soapAction") for o in root.iter(f"{{{WSDL_SOAP}}}operation")]
+    assert actions == [MM7_NAMESPACES[name]] * 3
+    port_type = root.find(f"{{{WSDL}}}portType")
+    for operation in port_type.findall(f"{{{WSDL}}}operation"):
+        assert [f.get("message") for f in operation.findall(f"{{{WSDL}}}fault")] == ["tns:VASPErrorRsp"]
+    [part] = root.find(f"{{{WSDL}}}message[@name='VASPErrorRsp']")
+    assert part.get("element") == "tns:VASPErrorRsp"
+    fault_type = schema_of(app.wsdl.document(name)).find(f"{{{XS}}}complexType[@name='VASPErrorRsp']")
+    assert fault_type.find(f".//{{{XS}}}extension").get("base") == "tns:genericResponseType"
