@@ -95,3 +95,35 @@ def test_served_under_gunicorn_stores_then_acknowledges(served):
         assert b"<StatusCode>1000</StatusCode>" in body
     with closing(sqlite3.connect(database)) as conn:
         assert conn.execute("SELECT count(*), max(operator_id) FROM delivery_reports").fetchone() == (1, "0001890")
+
+
+def test_mm7soap_send_passes_against_mm7soap_serve(served, tmp_path):
+    """The MMSC simulator, as an operator runs it, against the service as deployed."""
+    port, database = served
+    url = f"http://127.0.0.1:{port}/mm7"
+    report = ["--message-id", "served-1", "--recipient", "15551230001", "--sender", "24680"]
+    picture = tmp_path / "photo.jpg"
+    picture.write_bytes(bytes(range(256)) * 16)
+    commands = [
+        [*report, "--carrier-id", "0001890"],
+        [*report, "--read-reply", "--format", "swa"],
+        ["--deliver", str(picture), "--sender", "15551230001", "--recipient", "24680", "--linked-id", "served-mo"],
+        [*report, "--count", "40", "--concurrency", "4", "--status", "Forwarded"],
+    ]
+    for arguments in commands:
+        done = subprocess.run(
+            [str(BIN / "mm7soap"), "send", url, *arguments], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "FAIL" not in done.stdout
+    with closing(sqlite3.connect(database)) as conn:
+        assert conn.execute("SELECT count(*) FROM read_replies").fetchone() == (1,)
+        assert conn.execute("SELECT data FROM message_parts").fetchall() == [(picture.read_bytes(),)]
+        retrieved = conn.execute("SELECT count(*) FROM delivery_reports WHERE mm_status = 'Retrieved'").fetchone()
+        forwarded = conn.execute(
+            "SELECT count(*), count(DISTINCT date_sent) FROM delivery_reports WHERE mm_status = 'Forwarded'"
+        ).fetchone()
+    assert retrieved == (1,)
+    # 40 reports differing only in TransactionID and Date (to the millisecond): those sent in
+    # the same millisecond are resends of one another, so each distinct Date is stored once.
+    assert 1 <= forwarded[0] <= 40 and forwarded[0] == forwarded[1]
