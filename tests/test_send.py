@@ -176,3 +176,11 @@ def test_usage_errors_say_what_is_missing(args, message):
     result = send("http://127.0.0.1:9/mm7", *args)
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_basic_credentials(make_app, serve_wsgi):
+    url = serve_wsgi(make_app(auth_user="mmsc", auth_password="s3cret"))
+    assert send(url, *REPORT, "--user", "mmsc", "--password", "s3cret").exit_code == 0
+    refused = send(url, *REPORT, "--user", "mmsc", "--password", "wrong")
+    assert refused.exit_code == 1
+    assert "FAIL  HTTP 200  (HTTP 401 Unauthorized)" in refused.output
