@@ -15,7 +15,7 @@ from typing import Any
 from spyne import Application, MethodContext, ServiceBase, rpc
 from spyne.server import ServerBase
 
-from mm7soap import envelope, errors
+from mm7soap import binding, envelope, errors
 from mm7soap.content import mm_content
 from mm7soap.namespaces import MM7_NAMESPACES, default_version
 from mm7soap.records import Inbound, delivery_report_row, message_row, part_rows, read_reply_row
@@ -35,6 +35,16 @@ class Call:
     envelope: envelope.ReadEnvelope
     inbound: Inbound
     error: errors.MM7Error | None = None
+
+
+@dataclass
+class OperationContext:
+    """What an operation reads of Spyne's MethodContext (`udc`, `in_header`) and sets
+    (`out_header`), when it is called by `Endpoint.run` rather than by Spyne."""
+
+    udc: Call
+    in_header: Any = None
+    out_header: Any = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,11 @@ class Endpoint:
     def __init__(self, store: Store, service_code: str = "") -> None:
         self.store = store
         self.servers = {ns: HttpServer(build_application(ns, store, service_code)) for ns in MM7_NAMESPACES.values()}
+        # Each namespace's operations by request element name, e.g. "DeliveryReportReq".
+        self.operations = {
+            ns: {key.rsplit("}", 1)[1]: methods[0] for key, methods in server.app.interface.service_method_map.items()}
+            for ns, server in self.servers.items()
+        }
 
     def answer(self, inbound: Inbound) -> Answer:
         read: envelope.ReadEnvelope | None = None
@@ -143,23 +158,16 @@ class Endpoint:
             return self.fault(errors.MM7Error("unexpected server error"), read, inbound)
 
     def run(self, read: envelope.ReadEnvelope, inbound: Inbound) -> bytes:
-        """Spyne's request pipeline, on the already-read envelope."""
-        server = self.servers[read.namespace]
-        ctx = MethodContext(server, MethodContext.SERVER)
-        ctx.udc = Call(envelope=read, inbound=inbound)
-        ctx.in_string = [inbound.raw_envelope]
-        ctx = server.generate_contexts(ctx)[0]
-        if ctx.in_error is None:
-            server.get_in_object(ctx)
-        if ctx.in_error is None:
-            server.get_out_object(ctx)
-        if ctx.udc.error is not None:
-            raise ctx.udc.error
-        if ctx.in_error is not None or ctx.out_error is not None:
-            log.error("Spyne could not process %s: %s", read.operation, ctx.in_error or ctx.out_error)
-            raise errors.MM7Error("the request could not be processed")
-        server.get_out_string(ctx)
-        return b"".join(ctx.out_string)
+        """Call the request's operation on what `binding` read of the canonical envelope, and
+        write its answer with `binding`: Spyne's declarations, without Spyne's per-request
+        machinery (issue 7).  `tests/test_binding.py` runs Spyne's own pipeline beside it."""
+        descriptor = self.operations[read.namespace][read.operation]
+        request = binding.read(descriptor.in_message, read.document[-1][0])
+        context = OperationContext(udc=Call(envelope=read, inbound=inbound), in_header=read.transaction_id)
+        response = descriptor.function(context, request)
+        echoed = read.transaction_id if context.out_header is not None else None
+        name = read.operation.removesuffix("Req") + "Rsp"
+        return binding.answer_document(read.namespace, name, type(response), response, echoed)
 
     def fault(self, error: errors.MM7Error, read: envelope.ReadEnvelope | None, inbound: Inbound) -> Answer:
         """The Fault for `error`, in the request's namespace as far as it could be read."""
