@@ -9,20 +9,28 @@ so that `mm7soap.content` can find what the envelope's `Content href` names.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
+from functools import lru_cache
+from types import MappingProxyType
 
 from mm7soap import errors
 
 
-def content_type_parts(content_type: str) -> tuple[str, dict[str, str]]:
-    """(`type/subtype` lower-cased, parameters) of a Content-Type header value."""
+@lru_cache(maxsize=256)
+def content_type_parts(content_type: str) -> tuple[str, Mapping[str, str]]:
+    """(`type/subtype` lower-cased, parameters) of a Content-Type header value.
+
+    Cached: an MMSC sends the same few Content-Types over and over, and the email
+    parser's reading of one costs as much as the rest of the MIME handling.
+    """
     message = Message()
     message["Content-Type"] = content_type or "text/xml"
-    params = {k.lower(): v for k, v in message.get_params(failobj=[], header="Content-Type")[1:]}
-    return message.get_content_type(), {k: str(v) for k, v in params.items()}
+    params = {k.lower(): str(v) for k, v in message.get_params(failobj=[], header="Content-Type")[1:]}
+    return message.get_content_type(), MappingProxyType(params)
 
 
 def strip_angles(value: str) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 import sqlite_utils
@@ -166,7 +167,7 @@ class Store:
         cursor = insert(db, table, columns, row, on_conflict="ON CONFLICT DO NOTHING")
         if cursor.rowcount == 1:
             return Stored(id=cursor.lastrowid or 0, duplicate=False)
-        found = db.execute(resent_sql, row).fetchone()
+        found = db.conn.execute(resent_sql, row).fetchone()
         if found is None:  # only a constraint we do not know about could get here
             raise errors.StoreError(f"the {table} row was neither stored nor found")
         return Stored(id=int(found[0]), duplicate=True)
@@ -275,20 +276,26 @@ RESENT_MESSAGE_SQL = (
 def insert(
     db: sqlite_utils.Database, table: str, columns: dict[str, type], row: dict[str, Any], on_conflict: str = ""
 ) -> sqlite3.Cursor:
-    names = [c for c in columns if c != "id"]
-    sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)}) {on_conflict}"
-    return db.execute(sql, [row.get(c) for c in names])
+    names, sql = insert_statement(table, tuple(columns), on_conflict)
+    return db.conn.execute(sql, [row.get(c) for c in names])
+
+
+@lru_cache(maxsize=16)
+def insert_statement(table: str, columns: tuple[str, ...], on_conflict: str) -> tuple[tuple[str, ...], str]:
+    """The INSERT of a table's columns, written once (sqlite3 then reuses its prepared form)."""
+    names = tuple(c for c in columns if c != "id")
+    return names, f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)}) {on_conflict}"
 
 
 @contextmanager
 def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
     """BEGIN IMMEDIATE … COMMIT on an autocommit connection; ROLLBACK when anything fails,
     the COMMIT itself included (a full disk fails there), so no transaction is left open."""
-    db.execute("BEGIN IMMEDIATE")
+    db.conn.execute("BEGIN IMMEDIATE")
     try:
         yield db
-        db.execute("COMMIT")
+        db.conn.execute("COMMIT")
     except BaseException:
         if db.conn.in_transaction:
-            db.execute("ROLLBACK")
+            db.conn.execute("ROLLBACK")
         raise
