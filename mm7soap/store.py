@@ -22,6 +22,7 @@ from typing import Any
 import sqlite_utils
 
 from mm7soap import errors
+from mm7soap.commit import GroupCommit
 from mm7soap.schema import (
     MESSAGE_COLUMNS,
     MESSAGES,
@@ -77,6 +78,7 @@ class Store:
         # closed again, since closing it could checkpoint a WAL the parent is still writing.
         self._opened: list[tuple[int, sqlite_utils.Database]] = []
         self._opened_lock = threading.Lock()
+        self._writes: tuple[int, GroupCommit] | None = None
 
     def __enter__(self) -> Store:
         return self
@@ -127,62 +129,44 @@ class Store:
                 db.execute(f"PRAGMA user_version = {number}")
         return len(MIGRATIONS)
 
+    @property
+    def writes(self) -> GroupCommit:
+        """This process's group commit (made after any fork, like the connections)."""
+        if self._writes is None or self._writes[0] != os.getpid():
+            self._writes = (os.getpid(), GroupCommit(lambda: self.db, self.busy_timeout_ms))
+        return self._writes[1]
+
     def save_delivery_report(self, row: dict[str, Any]) -> Stored:
         """Commit one delivery report durably, or find it already stored; StoreError otherwise."""
-        return self.insert_once(REPORTS, REPORT_COLUMNS, row, resent_report_sql(REPORTS, "date_sent"))
+        resent = resent_report_sql(REPORTS, "date_sent")
+        return self.writes.run(lambda db: insert_once(db, REPORTS, REPORT_COLUMNS, row, resent))
 
     def save_read_reply(self, row: dict[str, Any]) -> Stored:
         """Commit one read reply, exactly as a delivery report (TimeStamp standing for Date)."""
         resent = resent_report_sql(READ_REPLIES, "time_stamp_sent")
-        return self.insert_once(READ_REPLIES, READ_REPLY_COLUMNS, row, resent)
+        return self.writes.run(lambda db: insert_once(db, READ_REPLIES, READ_REPLY_COLUMNS, row, resent))
 
     def save_message(self, row: dict[str, Any], parts: list[dict[str, Any]]) -> Stored:
-        """Commit an MO message and all its parts in one transaction, or nothing."""
-        try:
-            with transaction(self.db) as db:
-                stored = self.insert_once(MESSAGES, MESSAGE_COLUMNS, row, RESENT_MESSAGE_SQL, db)
-                if not stored.duplicate:
-                    for part in parts:
-                        insert(db, PARTS, PART_COLUMNS, {**part, "message": stored.id})
-                return stored
-        except sqlite3.Error as exc:
-            raise errors.StoreError(f"the message could not be stored: {exc}") from exc
+        """Commit an MO message and all its parts together, or nothing of it."""
 
-    def insert_once(
-        self,
-        table: str,
-        columns: dict[str, type],
-        row: dict[str, Any],
-        resent_sql: str,
-        db: sqlite_utils.Database | None = None,
-    ) -> Stored:
-        """Insert `row`, or find the row it resends (a unique index said so); StoreError
-        otherwise.  Commits, unless `db` is given: then it is the caller's transaction."""
-        if db is None:
-            try:
-                with transaction(self.db) as db:
-                    return self.insert_once(table, columns, row, resent_sql, db)
-            except sqlite3.Error as exc:
-                raise errors.StoreError(f"the {table} row could not be stored: {exc}") from exc
-        cursor = insert(db, table, columns, row, on_conflict="ON CONFLICT DO NOTHING")
-        if cursor.rowcount == 1:
-            return Stored(id=cursor.lastrowid or 0, duplicate=False)
-        found = db.conn.execute(resent_sql, row).fetchone()
-        if found is None:  # only a constraint we do not know about could get here
-            raise errors.StoreError(f"the {table} row was neither stored nor found")
-        return Stored(id=int(found[0]), duplicate=True)
+        def work(db: sqlite_utils.Database) -> Stored:
+            stored = insert_once(db, MESSAGES, MESSAGE_COLUMNS, row, RESENT_MESSAGE_SQL)
+            if not stored.duplicate:
+                for part in parts:
+                    insert(db, PARTS, PART_COLUMNS, {**part, "message": stored.id})
+            return stored
+
+        return self.writes.run(work)
 
     def check_writable(self) -> None:
         """Commit one small write, as a report would be; StoreError when that fails."""
-        try:
-            with transaction(self.db) as db:
-                db.execute(
-                    "INSERT INTO health (id, checked_at) VALUES (1, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
-                    [datetime.now(timezone.utc).isoformat()],
-                )
-        except sqlite3.Error as exc:
-            raise errors.StoreError(f"the database is not writable: {exc}") from exc
+        self.writes.run(
+            lambda db: db.conn.execute(
+                "INSERT INTO health (id, checked_at) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                [datetime.now(timezone.utc).isoformat()],
+            )
+        )
 
     def rows(
         self,
@@ -271,6 +255,19 @@ RESENT_MESSAGE_SQL = (
     f"SELECT id FROM {MESSAGES} WHERE fingerprint = :fingerprint AND (transaction_id = :transaction_id"
     " OR linked_id IS NOT NULL OR time_stamp_sent IS NOT NULL)"
 )
+
+
+def insert_once(
+    db: sqlite_utils.Database, table: str, columns: dict[str, type], row: dict[str, Any], resent_sql: str
+) -> Stored:
+    """Insert `row`, or find the row it resends (a unique index said so); StoreError otherwise."""
+    cursor = insert(db, table, columns, row, on_conflict="ON CONFLICT DO NOTHING")
+    if cursor.rowcount == 1:
+        return Stored(id=cursor.lastrowid or 0, duplicate=False)
+    found = db.conn.execute(resent_sql, row).fetchone()
+    if found is None:  # only a constraint we do not know about could get here
+        raise errors.StoreError(f"the {table} row was neither stored nor found")
+    return Stored(id=int(found[0]), duplicate=True)
 
 
 def insert(

@@ -1,0 +1,127 @@
+"""Group commit: requests that arrive together are committed together, each acknowledged
+only after the commit that holds it.
+
+With `synchronous=FULL` every commit waits for the disk, and with several threads in
+several gunicorn workers every commit also waited for the others': SQLite's busy handler
+sleeps 1, 2, 5 … 100 ms between tries, which made the tail latency hundreds of
+milliseconds (issue 7).  Here the threads of one process hand their writes to whichever of
+them holds the process's writer lock.  It runs them all in one transaction, each in a
+savepoint of its own, and commits once.  A write that fails is rolled back to its
+savepoint and fails alone; a commit that fails fails every write in it.  The lock between
+processes is still SQLite's, but it is taken with short retries rather than those sleeps.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from mm7soap import errors
+
+Work = Callable[[sqlite_utils.Database], Any]
+
+# The pause between tries for SQLite's write lock: short, since another process holds it
+# for one commit (about a millisecond), and growing only a little.
+FIRST_PAUSE = 0.0001
+LONGEST_PAUSE = 0.002
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One write waiting for a commit, and its outcome once committed (or not)."""
+
+    work: Work
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """The writes of one process, committed in groups by whichever thread holds the lock."""
+
+    def __init__(self, connection: Callable[[], sqlite_utils.Database], busy_timeout_ms: int) -> None:
+        self.connection = connection  # the calling thread's connection
+        self.busy_timeout_ms = busy_timeout_ms
+        self.writer = threading.Lock()
+        self.queue_lock = threading.Lock()
+        self.pending: list[Ticket] = []
+
+    def run(self, work: Work) -> Any:
+        """Run `work` in a transaction and commit it (perhaps with others' work); its result,
+        or StoreError.  Returns only once the commit is durable."""
+        ticket = Ticket(work)
+        with self.queue_lock:
+            self.pending.append(ticket)
+        with self.writer:
+            if not ticket.done:  # nobody committed it while this thread waited: lead
+                with self.queue_lock:
+                    batch, self.pending = self.pending, []
+                self.commit(batch)
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.result
+
+    def commit(self, batch: list[Ticket]) -> None:
+        db = self.connection()
+        try:
+            begin_immediate(db.conn, self.busy_timeout_ms)
+            self.run_each(db, batch)
+            db.conn.execute("COMMIT")
+        except BaseException as exc:
+            if db.conn.in_transaction:
+                db.conn.execute("ROLLBACK")
+            for ticket in batch:
+                ticket.error = ticket.error or store_error(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for ticket in batch:  # whatever happened, no ticket is left waiting or acknowledged
+                ticket.done = True
+
+    def run_each(self, db: sqlite_utils.Database, batch: list[Ticket]) -> None:
+        for ticket in batch:
+            db.conn.execute("SAVEPOINT write")
+            try:
+                ticket.result = ticket.work(db)
+            except Exception as exc:
+                ticket.error = store_error(exc)
+                if not db.conn.in_transaction:
+                    raise  # SQLite rolled the whole transaction back (a full disk, an I/O error)
+                db.conn.execute("ROLLBACK TO write")
+            db.conn.execute("RELEASE write")
+
+
+def store_error(exc: BaseException) -> errors.MM7Error:
+    if isinstance(exc, errors.MM7Error):
+        return exc
+    return errors.StoreError(f"not stored: {exc}")
+
+
+def busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def begin_immediate(conn: sqlite3.Connection, timeout_ms: int) -> None:
+    """BEGIN IMMEDIATE, retried every fraction of a millisecond until `timeout_ms`."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        deadline = time.monotonic() + timeout_ms / 1000
+        pause = FIRST_PAUSE
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, LONGEST_PAUSE)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
