@@ -94,6 +94,15 @@ def read(cls: Any, element: etree._Element) -> Any:
     return instance
 
 
+def new(cls: Any, **values: Any) -> Any:
+    """An instance of `cls` with `values` and every other member unset: what Spyne's
+    constructor makes, at a tenth of its cost (it is called for every answer)."""
+    instance = cls.__new__(cls)
+    instance.__dict__.update(layout(cls).empty)
+    instance.__dict__.update(values)
+    return instance
+
+
 def primitive(declared: Any, text: str) -> Any:
     """A simple value from its XML text, as Spyne's own parser gives it."""
     if issubclass(declared, DateTime):

@@ -85,6 +85,9 @@ class GroupCommit:
                 ticket.done = True
 
     def run_each(self, db: sqlite_utils.Database, batch: list[Ticket]) -> None:
+        if len(batch) == 1:  # alone: a failure rolls the transaction back, no savepoint needed
+            batch[0].result = batch[0].work(db)
+            return
         for ticket in batch:
             db.conn.execute("SAVEPOINT write")
             try:

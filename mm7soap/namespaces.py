@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12_ENV = "http://www.w3.org/2003/05/soap-envelope"
 
@@ -53,8 +55,12 @@ def mm7_name(namespace: str) -> str | None:
 
 def local_name(tag: object) -> str:
     """The local part of an lxml tag (`{ns}Name` → `Name`); '' for comments and PIs."""
-    if not isinstance(tag, str):
-        return ""
+    return _local_name(tag) if isinstance(tag, str) else ""
+
+
+@lru_cache(maxsize=4096)
+def _local_name(tag: str) -> str:
+    # Cached: a request is read by local name, element by element, and its tags repeat.
     return tag.rsplit("}", 1)[-1]
 
 

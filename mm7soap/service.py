@@ -76,7 +76,7 @@ def success(types: MM7Types, namespace: str, req: Any) -> dict[str, Any]:
     """MM7Version (the request's, echoed) and Status 1000 of every answer."""
     return {
         "MM7Version": req.MM7Version or default_version(namespace),
-        "Status": types.Status(StatusCode=1000, StatusText=SUCCESS_TEXT),
+        "Status": binding.new(types.Status, StatusCode=1000, StatusText=SUCCESS_TEXT),
     }
 
 
@@ -107,14 +107,14 @@ def build_application(namespace: str, store: Store, service_code: str = "") -> M
             """Store a delivery report, then acknowledge it (1000), or fault 3000."""
             store.save_delivery_report(delivery_report_row(req, ctx.udc.envelope, ctx.udc.inbound))
             ctx.out_header = ctx.in_header
-            return types.GenericResponse(**success(types, namespace, req))
+            return binding.new(types.GenericResponse, **success(types, namespace, req))
 
         @operation(types.ReadReplyReq, "ReadReply", types.GenericResponse)
         def ReadReply(ctx: MethodContext, req: Any) -> Any:
             """Store a read reply, then acknowledge it (1000), or fault 3000."""
             store.save_read_reply(read_reply_row(req, ctx.udc.envelope, ctx.udc.inbound))
             ctx.out_header = ctx.in_header
-            return types.GenericResponse(**success(types, namespace, req))
+            return binding.new(types.GenericResponse, **success(types, namespace, req))
 
         @operation(types.DeliverReq, "Deliver", types.DeliverRsp)
         def Deliver(ctx: MethodContext, req: Any) -> Any:
@@ -123,7 +123,7 @@ def build_application(namespace: str, store: Store, service_code: str = "") -> M
             content = mm_content(req.Content.href if req.Content is not None else None, call.inbound.attachments)
             store.save_message(message_row(req, call.envelope, call.inbound, content), part_rows(content))
             ctx.out_header = ctx.in_header
-            return types.DeliverRsp(**success(types, namespace, req), ServiceCode=service_code or None)
+            return binding.new(types.DeliverRsp, **success(types, namespace, req), ServiceCode=service_code or None)
 
     return MM7Application(
         [MM7Service],
