@@ -28,8 +28,9 @@ class Settings:
     # HTTP status of a SOAP Fault: 500 per SOAP 1.1; some MMSCs want 200.
     fault_http_status: int = 500
     workers: int = 2
-    # Threads per worker: a slow or stalled client holds one thread, not a whole worker.
-    threads: int = 4
+    # Threads per worker: a slow or stalled client holds one thread, not a whole worker, and
+    # while one thread commits a group of reports the others read the next ones (issue 7).
+    threads: int = 8
     # Seconds gunicorn lets a request run before the worker is replaced.
     timeout: int = 30
     log_level: str = "info"

@@ -1,0 +1,19 @@
+# gunicorn configuration for the reference app (benchmarks/reference_app.py):
+#   gunicorn -c benchmarks/reference.conf.py reference_app:application
+# mm7soap's production settings (workers, threads, keep-alive, timeout, logging, bind from
+# MM7SOAP_* variables), so that the two differ only in the application they serve.
+import os
+
+from mm7soap.serving import gunicorn_options
+from mm7soap.settings import Settings
+
+# Server hooks (on_starting migrates mm7soap's database) belong to mm7soap, not to the
+# reference, which creates its own table on import.
+options = {name: value for name, value in gunicorn_options(Settings.from_env()).items() if not callable(value)}
+# mm7soap runs a gthread subclass that only rewrites gunicorn's error pages as SOAP Faults;
+# the plain gthread worker serves requests the same way.
+options["worker_class"] = "gthread"
+# reference_app.py lives beside this file, outside any package.
+options["pythonpath"] = os.path.dirname(os.path.abspath(__file__))
+
+globals().update(options)
