@@ -30,7 +30,7 @@ class Settings:
     workers: int = 2
     # Threads per worker: a slow or stalled client holds one thread, not a whole worker, and
     # while one thread commits a group of reports the others read the next ones (issue 7).
-    threads: int = 8
+    threads: int = 16
     # Seconds gunicorn lets a request run before the worker is replaced.
     timeout: int = 30
     log_level: str = "info"
