@@ -15,5 +15,9 @@ options = {name: value for name, value in gunicorn_options(Settings.from_env()).
 options["worker_class"] = "gthread"
 # reference_app.py lives beside this file, outside any package.
 options["pythonpath"] = os.path.dirname(os.path.abspath(__file__))
+# Threads per worker, when the reference should run at its own best rather than at
+# mm7soap's setting: one commit per report contends more with more threads.
+if os.environ.get("REFERENCE_THREADS"):
+    options["threads"] = int(os.environ["REFERENCE_THREADS"])
 
 globals().update(options)
