@@ -95,37 +95,37 @@ def when(moment: datetime | None) -> str | None:
     return utc_timestamp(moment) if moment is not None else None
 
 
-def delivery_report_row(req: Any, read: ReadEnvelope, inbound: Inbound) -> dict[str, Any]:
-    """The stored row of a delivery report: every field, as sent and normalised."""
+def report_columns(req: Any, read: ReadEnvelope, inbound: Inbound) -> dict[str, Any]:
+    """What a delivery report and a read reply both say about an MM the VASP sent."""
     return {
         "message_id": req.MessageID,
         **address_columns("recipient", req.Recipient),
         **address_columns("sender", req.Sender),
-        "date_sent": read.as_sent.get("Date"),
-        "date_utc": when(req.Date),
         "mm_status": req.MMStatus,
-        "mm_status_extension": req.MMStatusExtension,
         "status_text": req.StatusText,
         "mms_relay_server_id": req.MMSRelayServerID,
         **application_columns(req),
-        **capabilities_columns(req, read),
         **origin_columns(req, read, inbound),
     }
 
 
-def read_reply_row(req: Any, read: ReadEnvelope, inbound: Inbound) -> dict[str, Any]:
-    """The stored row of a read reply."""
+def delivery_report_row(req: Any, read: ReadEnvelope, inbound: Inbound) -> dict[str, Any]:
+    """The stored row of a delivery report: every field, as sent and normalised."""
     return {
-        "message_id": req.MessageID,
-        **address_columns("recipient", req.Recipient),
-        **address_columns("sender", req.Sender),
+        **report_columns(req, read, inbound),
+        "date_sent": read.as_sent.get("Date"),
+        "date_utc": when(req.Date),
+        "mm_status_extension": req.MMStatusExtension,
+        **capabilities_columns(req, read),
+    }
+
+
+def read_reply_row(req: Any, read: ReadEnvelope, inbound: Inbound) -> dict[str, Any]:
+    """The stored row of a read reply: TimeStamp where a delivery report has Date."""
+    return {
+        **report_columns(req, read, inbound),
         "time_stamp_sent": read.as_sent.get("TimeStamp"),
         "time_stamp_utc": when(req.TimeStamp),
-        "mm_status": req.MMStatus,
-        "status_text": req.StatusText,
-        "mms_relay_server_id": req.MMSRelayServerID,
-        **application_columns(req),
-        **origin_columns(req, read, inbound),
     }
 
 
