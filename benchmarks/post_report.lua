@@ -1,9 +1,13 @@
 -- wrk script: POSTs Sinch-style MM7 DeliveryReportReqs, one new report per request.
 --
---   wrk -t2 -c8 -d10s --latency -s benchmarks/post_report.lua http://127.0.0.1:8080/mm7 -- RUNTAG
+--   wrk -t2 -c8 -d10s --latency -s benchmarks/post_report.lua http://127.0.0.1:8080/mm7 -- RUNTAG [GAP_MS]
 --
 -- RUNTAG (optional) prefixes every TransactionID and MessageID: mm7soap recognises a
 -- resend by (TransactionID, MessageID), so ids must not repeat across runs on one database.
+-- GAP_MS (optional) paces each connection: after each answer it waits a random time with
+-- this mean (exponentially distributed, so the connections together post at random
+-- moments like independent MMSC threads, not in lockstep). Without it wrk posts as fast
+-- as answers come back.
 -- At the end it prints one line, `RESULT {json}`, which benchmarks/run.py parses.
 
 wrk.method = "POST"
@@ -50,14 +54,28 @@ not_1000 = 0
 -- requests in flight, which the server may still store; run.py looks these up.
 pending = {}
 
+gap_ms = nil
+
 function init(args)
    -- wrk numbers the arguments after the URL from 0 or 1 depending on how getopt
-   -- permuted them; take the last one that is not the URL.
-   for _, arg in pairs(args) do
-      if not string.find(arg, "://", 1, true) then
-         tag = arg
+   -- permuted them; keep those that are not the URL, in order.
+   local mine = {}
+   for i = 0, #args do
+      local arg = args[i]
+      if arg and not string.find(arg, "://", 1, true) then
+         table.insert(mine, arg)
       end
    end
+   tag = mine[1] or tag
+   gap_ms = tonumber(mine[2] or "")
+   math.randomseed(os.time() * 1000 + id)
+end
+
+function delay()
+   if not gap_ms then
+      return 0
+   end
+   return math.floor(-math.log(1 - math.random()) * gap_ms + 0.5)
 end
 
 function request()

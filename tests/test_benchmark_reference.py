@@ -3,6 +3,7 @@ it answers 1000 only after committing the report's row, with mm7soap's durabilit
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sqlite3
 from contextlib import closing
@@ -29,3 +30,16 @@ def test_reference_app_stores_then_answers_1000(tmp_path, monkeypatch):
         ]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     reference.connection().close()
+
+
+def test_benchmark_loads_and_pacing(monkeypatch):
+    """The command's modules import, and each connection count is measured closed-loop, then
+    paced so that the connections together offer --rate reports a second."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    run = importlib.import_module("run")
+    load = importlib.import_module("load")
+    measure = importlib.import_module("measure")
+    args = run.parse_args(["--connections", "8,32", "--rate", "400"])
+    assert measure.loads(args) == [load.Load(8), load.Load(32), load.Load(8, 400.0), load.Load(32, 400.0)]
+    assert load.Load(32, 400.0).gap_ms() == 80.0  # 32 connections, each one report per 80 ms
+    assert [item.label for item in measure.loads(run.parse_args(["--rate", "0"]))] == ["max", "max"]

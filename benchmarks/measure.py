@@ -1,0 +1,142 @@
+"""One target's turn: a server on a fresh database, warmed up, measured under each load."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from load import Load, run_wrk
+from rows import sample_row, settle, snapshot
+from servers import Server, Target, booted_workers, endpoint_path, start_server, stop_server, worker_peaks
+
+
+@dataclass
+class Run:
+    """One measured wrk run against one target under one load."""
+
+    round: int
+    target: str
+    connections: int
+    offered_rate: float | None  # Load.rate: None when wrk posts as fast as it is answered
+    requests_per_sec: float
+    p50_ms: float
+    p99_ms: float
+    ok_1000: int
+    not_1000: int
+    errors: int
+    rows_added: int
+    # Requests wrk abandoned in flight at its deadline, and how many of them were stored anyway.
+    abandoned: int
+    abandoned_stored: int
+    wrk: dict[str, Any]
+
+    @property
+    def load(self) -> Load:
+        return Load(self.connections, self.offered_rate)
+
+    @property
+    def rows_answered(self) -> int:
+        """Rows of the requests that were answered: those wrk abandoned are not compared."""
+        return self.rows_added - self.abandoned_stored
+
+    def problems(self) -> list[str]:
+        found = []
+        where = f"round {self.round} {self.target} c={self.connections} {self.load.label}"
+        if self.not_1000:
+            found.append(f"{where}: {self.not_1000} answers other than 1000")
+        if self.errors:
+            found.append(f"{where}: wrk errors {self.wrk['errors']}")
+        if self.rows_answered != self.ok_1000:
+            found.append(f"{where}: {self.rows_answered} rows stored but {self.ok_1000} answers 1000 (MISMATCH)")
+        return found
+
+
+@dataclass
+class TargetRun:
+    """One target's turn in one round: a server started, warmed up, measured, stopped."""
+
+    round: int
+    target: str
+    runs: list[Run]
+    peak_rss_kib: dict[int, int]  # worker pid → VmHWM, read just before the server stopped
+    workers_at_start: list[int]
+    workdir: str
+    sample: dict[str, str]  # the last row stored, see sample_row
+
+    def problems(self) -> list[str]:
+        found = [problem for run in self.runs for problem in run.problems()]
+        if sorted(self.peak_rss_kib) != self.workers_at_start:
+            # gunicorn replaced a worker (its timeout, or a crash): that is a failure, and
+            # the replaced worker's peak memory is lost.
+            found.append(
+                f"round {self.round} {self.target}: workers {self.workers_at_start} became {sorted(self.peak_rss_kib)}"
+            )
+        return found
+
+
+def measure(server: Server, load: Load, args: argparse.Namespace, round_number: int) -> Run:
+    tag = f"{server.target.name}-r{round_number}-c{load.connections}-{load.label.replace('/', '')}"
+    settle(server.database)
+    before = snapshot(server.database)[0]
+    result = run_wrk(server.base_url + endpoint_path(), load, args.duration, args.threads, args.timeout, tag)
+    settle(server.database)
+    # Includes the request wrk builds only to check the script and never sends: it has no row.
+    abandoned = [str(tid) for tid in result.pop("unanswered")]
+    after, abandoned_stored = snapshot(server.database, abandoned)
+    return Run(
+        round=round_number,
+        target=server.target.name,
+        connections=load.connections,
+        offered_rate=load.rate,
+        requests_per_sec=float(result["requests_per_sec"]),
+        p50_ms=result["p50_us"] / 1000,
+        p99_ms=result["p99_us"] / 1000,
+        ok_1000=int(result["ok_1000"]),
+        not_1000=int(result["not_1000"]),
+        errors=sum(int(n) for n in result["errors"].values()),
+        rows_added=after - before,
+        abandoned=len(abandoned),
+        abandoned_stored=abandoned_stored,
+        wrk=result,
+    )
+
+
+def run_target(target: Target, round_number: int, args: argparse.Namespace) -> TargetRun:
+    """Start `target` on a fresh database, warm it up, measure each load, stop it."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"mm7soap-bench-{target.name}-"))
+    server = start_server(target, workdir)
+    try:
+        workers_at_start = booted_workers(server)
+        if args.warmup > 0:
+            url = server.base_url + endpoint_path()
+            warmup = Load(max(args.connections))
+            run_wrk(url, warmup, args.warmup, args.threads, args.timeout, f"warmup-r{round_number}")
+        runs = [measure(server, load, args, round_number) for load in loads(args)]
+        peaks = worker_peaks(server)
+    finally:
+        stop_server(server)
+    sample = sample_row(server.database)
+    done = TargetRun(round_number, target.name, runs, peaks, workers_at_start, str(workdir), sample)
+    if done.problems():
+        print(f"  {target.name}: kept {workdir} (database, server.log) for inspection", flush=True)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return done
+
+
+def loads(args: argparse.Namespace) -> list[Load]:
+    """Each connection count as fast as answered, then (with --rate) each paced at that rate."""
+    paced = [Load(connections, args.rate) for connections in args.connections] if args.rate else []
+    return [Load(connections) for connections in args.connections] + paced
+
+
+def progress_line(rounds: int, done: TargetRun) -> str:
+    parts = [
+        f"c={r.connections} {r.load.label}: {r.requests_per_sec:,.0f} req/s, p99 {r.p99_ms:.1f} ms" for r in done.runs
+    ]
+    status = "ok" if not done.problems() else "PROBLEMS"
+    return f"round {done.round}/{rounds}  {done.target:<9}  " + " | ".join(parts) + f"  [{status}]"

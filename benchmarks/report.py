@@ -1,0 +1,166 @@
+"""The table: each target under each load over all rounds, the ratios, and the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import gunicorn
+import lxml.etree
+from load import Load
+from measure import TargetRun
+from servers import MM7SOAP, REFERENCE, REPO, TARGETS
+
+
+@dataclass
+class Line:
+    """One row of the table: a target under one load, over all rounds."""
+
+    target: str
+    load: Load
+    rates: list[float]
+    p50_ms: float  # medians over rounds
+    p99_ms: float
+    not_1000: int  # sums over rounds
+    errors: int
+    rows: int
+    answered_1000: int
+    peak_rss_mib: float  # the largest worker peak in any round
+
+    @property
+    def median_rate(self) -> float:
+        return statistics.median(self.rates)
+
+
+def summarise(done: Sequence[TargetRun], loads: Sequence[Load]) -> list[Line]:
+    lines = []
+    for target in TARGETS:
+        turns = [turn for turn in done if turn.target == target.name]
+        for load in loads:
+            runs = [run for turn in turns for run in turn.runs if run.load == load]
+            if not runs:
+                continue
+            peaks = [kib for turn in turns for kib in turn.peak_rss_kib.values()]
+            lines.append(
+                Line(
+                    target=target.name,
+                    load=load,
+                    rates=[run.requests_per_sec for run in runs],
+                    p50_ms=statistics.median(run.p50_ms for run in runs),
+                    p99_ms=statistics.median(run.p99_ms for run in runs),
+                    not_1000=sum(run.not_1000 for run in runs),
+                    errors=sum(run.errors for run in runs),
+                    rows=sum(run.rows_answered for run in runs),
+                    answered_1000=sum(run.ok_1000 for run in runs),
+                    peak_rss_mib=max(peaks, default=0) / 1024,
+                )
+            )
+    return lines
+
+
+HEADINGS = ("target", "conns", "offered", "req/s median (min–max)", "p50 ms", "p99 ms", "non-1000", "errors")
+HEADINGS_END = ("rows stored / 1000s answered", "peak RSS/worker MiB")
+
+
+def table(lines: Sequence[Line]) -> list[str]:
+    rows = [(*HEADINGS, *HEADINGS_END)]
+    for line in lines:
+        stored = f"{line.rows} / {line.answered_1000}" + ("" if line.rows == line.answered_1000 else " MISMATCH")
+        rows.append(
+            (
+                line.target,
+                str(line.load.connections),
+                line.load.label,
+                f"{line.median_rate:,.0f} ({min(line.rates):,.0f}–{max(line.rates):,.0f})",
+                f"{line.p50_ms:.1f}",
+                f"{line.p99_ms:.1f}",
+                str(line.not_1000),
+                str(line.errors),
+                stored,
+                f"{line.peak_rss_mib:.1f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(aligned(i, cell, widths[i]) for i, cell in enumerate(row)) for row in rows]
+
+
+def aligned(column: int, cell: str, width: int) -> str:
+    """Names left-aligned, figures right-aligned, so that digits line up."""
+    return cell.ljust(width) if column == 0 else cell.rjust(width)
+
+
+def ratios(lines: Sequence[Line], loads: Sequence[Load]) -> list[str]:
+    """Throughput where wrk posts as fast as answered; latency where it paces."""
+    out = []
+    for load in loads:
+        by_target = {line.target: line for line in lines if line.load == load}
+        ours, reference = by_target.get(MM7SOAP.name), by_target.get(REFERENCE.name)
+        if not ours or not reference:
+            continue
+        if load.rate is None:
+            ratio = ours.median_rate / reference.median_rate
+            out.append(f"mm7soap / reference at {load.connections} connections: {ratio:.2f} (median req/s)")
+        else:
+            out.append(
+                f"p99 at {load.label} offered over {load.connections} connections:"
+                f" mm7soap {ours.p99_ms:.1f} ms, reference {reference.p99_ms:.1f} ms"
+            )
+    return out
+
+
+def row_comparison(done: Sequence[TargetRun]) -> list[str]:
+    """Whether the reference stores what mm7soap stores: the yardstick must do the same job."""
+    samples = {turn.target: turn.sample for turn in reversed(done)}
+    ours, reference = samples.get(MM7SOAP.name), samples.get(REFERENCE.name)
+    if not ours or not reference:
+        return []
+    alike = [column for column, value in ours.items() if reference.get(column) == value]
+    text = f"stored rows: {len(alike)} columns alike"
+    differ = [column for column in ours if column in reference and reference[column] != ours[column]]
+    if differ:
+        text += f"; different: {', '.join(differ)}"
+    for name, sample, other in ((MM7SOAP.name, ours, reference), (REFERENCE.name, reference, ours)):
+        only = [column for column in sample if column not in other]
+        if only:
+            text += f"; only {name} fills {', '.join(only)}"
+    return [text]
+
+
+def command_version(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    first = (done.stdout or done.stderr).strip().splitlines()
+    return first[0] if first else "unknown"
+
+
+def filesystem(path: Path) -> str:
+    """The type of the filesystem holding `path`: fsync on tmpfs costs nothing."""
+    best, kind = "", "unknown"
+    for line in Path("/proc/mounts").read_text().splitlines():
+        mount, fstype = line.split()[1:3]
+        if str(path).startswith(mount) and len(mount) > len(best):
+            best, kind = mount, fstype
+    return kind
+
+
+def machine() -> dict[str, str]:
+    return {
+        "cpus": str(os.cpu_count()),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "gunicorn": gunicorn.__version__,
+        "wrk": command_version(["wrk", "--version"]).split(" Copyright")[0],
+        "lxml": ".".join(map(str, lxml.etree.LXML_VERSION)),
+        "sqlite": sqlite3.sqlite_version,
+        "mm7soap": command_version(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
+        "databases": f"{tempfile.gettempdir()} ({filesystem(Path(tempfile.gettempdir()))})",
+    }
