@@ -18,11 +18,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
 from mm7soap import errors
+
+if TYPE_CHECKING:
+    from mm7soap.connections import Connections
 
 Work = Callable[[sqlite_utils.Database], Any]
 
@@ -45,8 +48,8 @@ class Ticket:
 class GroupCommit:
     """The writes of one process, committed in groups by whichever thread holds the lock."""
 
-    def __init__(self, connection: Callable[[], sqlite_utils.Database], busy_timeout_ms: int) -> None:
-        self.connection = connection  # the calling thread's connection
+    def __init__(self, connections: Connections, busy_timeout_ms: int) -> None:
+        self.connections = connections  # the calling thread's connection is the writer's
         self.busy_timeout_ms = busy_timeout_ms
         self.writer = threading.Lock()
         self.queue_lock = threading.Lock()
@@ -68,14 +71,15 @@ class GroupCommit:
         return ticket.result
 
     def commit(self, batch: list[Ticket]) -> None:
-        db = self.connection()
+        db: sqlite_utils.Database | None = None
         try:
+            db = self.connections.for_writing()
             begin_immediate(db.conn, self.busy_timeout_ms)
             self.run_each(db, batch)
             db.conn.execute("COMMIT")
+            self.connections.check_committed()
         except BaseException as exc:
-            if db.conn.in_transaction:
-                db.conn.execute("ROLLBACK")
+            self.recover(db, exc)
             for ticket in batch:
                 ticket.error = ticket.error or store_error(exc)
             if not isinstance(exc, Exception):
@@ -83,6 +87,20 @@ class GroupCommit:
         finally:
             for ticket in batch:  # whatever happened, no ticket is left waiting or acknowledged
                 ticket.done = True
+
+    def recover(self, db: sqlite_utils.Database | None, exc: BaseException) -> None:
+        """Leave no transaction open; drop a connection a failure may have spoilt (a file
+        opened read-only stays read-only, an I/O error may repeat), but not for a busy lock."""
+        if db is None:
+            return
+        try:
+            if db.conn.in_transaction:
+                db.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            self.connections.discard()
+            return
+        if spoils_batch(exc) and not (isinstance(exc, sqlite3.OperationalError) and busy(exc)):
+            self.connections.discard()
 
     def run_each(self, db: sqlite_utils.Database, batch: list[Ticket]) -> None:
         if len(batch) == 1:  # alone: a failure rolls the transaction back, no savepoint needed
@@ -93,11 +111,18 @@ class GroupCommit:
             try:
                 ticket.result = ticket.work(db)
             except Exception as exc:
+                if spoils_batch(exc) or not db.conn.in_transaction:
+                    # The database, not this write, is in trouble (read-only, full, an I/O
+                    # error; SQLite may have rolled back already): the batch fails together.
+                    raise
                 ticket.error = store_error(exc)
-                if not db.conn.in_transaction:
-                    raise  # SQLite rolled the whole transaction back (a full disk, an I/O error)
                 db.conn.execute("ROLLBACK TO write")
             db.conn.execute("RELEASE write")
+
+
+def spoils_batch(exc: BaseException) -> bool:
+    """A SQLite failure other than a broken constraint, which is one row's own."""
+    return isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError)
 
 
 def store_error(exc: BaseException) -> errors.MM7Error:

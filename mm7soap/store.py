@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import sqlite_utils
 
 from mm7soap import errors
 from mm7soap.commit import GroupCommit
+from mm7soap.connections import Connections
 from mm7soap.schema import (
     MESSAGE_COLUMNS,
     MESSAGES,
@@ -72,12 +72,7 @@ class Store:
         self.path = settings.database
         self.busy_timeout_ms = settings.busy_timeout_ms
         self.synchronous = settings.synchronous.upper()
-        self._local = threading.local()
-        # Every connection opened, one per thread, with the process that opened it: close()
-        # closes this process's.  One inherited across a fork is kept here but never used or
-        # closed again, since closing it could checkpoint a WAL the parent is still writing.
-        self._opened: list[tuple[int, sqlite_utils.Database]] = []
-        self._opened_lock = threading.Lock()
+        self.connections = Connections(self.path, self.busy_timeout_ms, self.synchronous, self.migrate)
         self._writes: tuple[int, GroupCommit] | None = None
 
     def __enter__(self) -> Store:
@@ -89,35 +84,11 @@ class Store:
     @property
     def db(self) -> sqlite_utils.Database:
         """This process's and thread's connection, opened on first use (after any fork)."""
-        db = getattr(self._local, "db", None)
-        if db is None or self._local.pid != os.getpid():
-            db = self._connect()
-            self._local.db, self._local.pid = db, os.getpid()
-            with self._opened_lock:
-                self._opened.append((os.getpid(), db))
-        return db
-
-    def _connect(self) -> sqlite_utils.Database:
-        # check_same_thread=False only so close() may close another thread's connection;
-        # each connection is used by the one thread that opened it (see `db`).
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
-        )
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        return sqlite_utils.Database(conn)
+        return self.connections.db
 
     def close(self) -> None:
         """Close every connection this process opened (not those inherited across a fork)."""
-        pid = os.getpid()
-        with self._opened_lock:
-            mine = [db for opener, db in self._opened if opener == pid]
-            self._opened = [(opener, db) for opener, db in self._opened if opener != pid]
-        for db in mine:
-            db.conn.close()
-        self._local = threading.local()
+        self.connections.close()
 
     def migrate(self) -> int:
         """Bring the schema up to date; returns the schema version.  Safe to run concurrently."""
@@ -133,7 +104,7 @@ class Store:
     def writes(self) -> GroupCommit:
         """This process's group commit (made after any fork, like the connections)."""
         if self._writes is None or self._writes[0] != os.getpid():
-            self._writes = (os.getpid(), GroupCommit(lambda: self.db, self.busy_timeout_ms))
+            self._writes = (os.getpid(), GroupCommit(self.connections, self.busy_timeout_ms))
         return self._writes[1]
 
     def save_delivery_report(self, row: dict[str, Any]) -> Stored:
