@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 
+from mm7soap import store as store_module
 from mm7soap.store import MIGRATIONS, Store, transaction
 from tests.helpers import assert_fault, call, data
 
@@ -121,3 +125,47 @@ def test_message_parts_belong_to_a_stored_message(app):
             "INSERT INTO message_parts (message, position, content_type, size, sha256, data)"
             " VALUES (999, 1, 'text/plain', 0, '', x'')"
         )
+
+
+def move_aside(path: str, to: Path) -> None:
+    """The database file renamed away: the path no longer names the file a connection holds."""
+    os.replace(path, to)
+    for suffix in ("-wal", "-shm"):
+        Path(path + suffix).unlink(missing_ok=True)
+
+
+def test_a_deleted_database_is_a_server_fault_and_is_not_recreated(app, settings, tmp_path):
+    assert call(app, data("sinch_delivery_report.xml")).status == 200
+    move_aside(settings.database, tmp_path / "aside.db")
+    assert_fault(call(app, data("sinch_delivery_report.xml")), "Server", 3000, NS)
+    assert not Path(settings.database).exists()
+
+
+def test_a_replaced_database_is_reopened_and_migrated(app, settings, tmp_path):
+    assert call(app, data("sinch_delivery_report.xml")).status == 200
+    sqlite3.connect(tmp_path / "empty.db").close()
+    move_aside(settings.database, tmp_path / "old.db")
+    os.replace(tmp_path / "empty.db", settings.database)
+    assert call(app, data("sinch_delivery_report.xml")).status == 200
+    with closing(sqlite3.connect(settings.database)) as new:
+        assert new.execute("SELECT message_id FROM delivery_reports").fetchall() == [("481516234200000001",)]
+
+
+def test_a_report_committed_to_a_file_replaced_meanwhile_is_not_acknowledged(app, settings, tmp_path):
+    """The file is swapped between BEGIN and COMMIT: the commit went to the old file, so the
+    answer is 3000 and the MMSC's retry lands in the new one."""
+    sqlite3.connect(tmp_path / "new.db").close()
+    insert_once = store_module.insert_once
+
+    def swap_then_insert(*args: object) -> object:
+        move_aside(settings.database, tmp_path / "old.db")
+        os.replace(tmp_path / "new.db", settings.database)
+        return insert_once(*args)
+
+    app.store.migrate()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store_module, "insert_once", swap_then_insert)
+        assert_fault(call(app, data("sinch_delivery_report.xml")), "Server", 3000, NS)
+    assert call(app, data("sinch_delivery_report.xml")).status == 200
+    with closing(sqlite3.connect(settings.database)) as new:
+        assert new.execute("SELECT count(*) FROM delivery_reports").fetchone() == (1,)
