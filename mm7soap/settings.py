@@ -36,7 +36,8 @@ class Settings:
     log_level: str = "info"
     # Largest request body accepted; a larger one gets 413 without being read.
     max_body_bytes: int = 20 * 1024 * 1024
-    # Seconds a client may pause while sending its body before it is dropped (408).
+    # Seconds a client may pause while sending its request (head or body), or before sending
+    # anything on a new connection; then it is closed, with 408 if it had begun a request.
     read_timeout: float = 10.0
     # HTTP Basic credentials an MMSC must send; no user means no authentication.
     auth_user: str = ""
