@@ -15,6 +15,7 @@ from typing import Any
 import gunicorn
 from gunicorn import util
 from gunicorn.app.base import BaseApplication
+from gunicorn.http import wsgi as gunicorn_wsgi
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from mm7soap import errors
@@ -142,6 +143,22 @@ def http_fault(status: int, error: errors.MM7Error) -> bytes:
     return head.encode("latin-1") + body
 
 
+class ClosingResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
+    """gunicorn's response, closing the connection when the application says `Connection: close`.
+
+    gunicorn drops an application's hop-by-hop headers and keeps the connection alive, so a
+    413 for a body refused unread went out with `keep-alive` and gunicorn then read the whole
+    body to reach the next request; a 400 or 408 told the client to keep a connection that
+    gunicorn closed.  An MM7 answer that refuses a request unread must close it.
+    """
+
+    def process_headers(self, headers: list[tuple[str, str]]) -> None:
+        for name, value in headers:
+            if name.lower() == "connection" and value.strip().lower() == "close":
+                self.force_close()
+        super().process_headers(headers)
+
+
 class MM7ThreadWorker(ThreadWorker):  # type: ignore[misc]
     """gunicorn's threaded worker, with two changes for MMSCs and for clients that stall.
 
@@ -160,6 +177,9 @@ class MM7ThreadWorker(ThreadWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.arriving: dict[TConn, Arriving] = {}
+        # gunicorn's wsgi.create() makes each response from this module global: in this
+        # worker process (forked, so the master and other apps are untouched) it is ours.
+        gunicorn_wsgi.Response = ClosingResponse
         if tuple(gunicorn.version_info) < EVENT_LOOP_GUNICORN:
             self.log.warning("gunicorn %s: each client stalling mid-request holds a thread", gunicorn.__version__)
 

@@ -366,3 +366,38 @@ REPORT = delivery_report("arrival")
 )
 def test_a_thread_takes_a_request_once_it_need_not_wait_for_the_client(data: bytes, expected: Arrival) -> None:
     assert arrival(data) is expected
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+NEXT_REQUEST = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (head(b"x" * 5000) + b"x" * 5000, b"413"),  # refused unread: not drained for keep-alive
+        (b"POST /mm7 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b"400"),
+    ],
+)
+def test_a_request_refused_unread_closes_its_connection(tmp_path, request_bytes: bytes, status: bytes) -> None:
+    """The answer says `Connection: close` and the connection is closed: a request the client
+    pipelined behind it is not read as if the refused one had ended where the server stopped."""
+    with (
+        serving(tmp_path / "mm7soap.db", MM7SOAP_MAX_BODY_BYTES="1000") as small,
+        closing(socket.create_connection(("127.0.0.1", small.port))) as sock,
+    ):
+        sock.sendall(request_bytes + NEXT_REQUEST)
+        answer = read_until_closed(sock)
+    head_of_answer = answer.split(b"\r\n\r\n", 1)[0]
+    assert head_of_answer.startswith(b"HTTP/1.1 " + status)
+    assert b"Connection: close" in head_of_answer
+    assert answer.count(b"HTTP/1.1 ") == 1
