@@ -102,8 +102,8 @@ def parse_xml(data: bytes, charset: str | None = None) -> etree._Element:
             try:
                 root = etree.fromstring(data, make_parser(encoding))
                 break
-            except (etree.XMLSyntaxError, LookupError):
-                continue
+            except (etree.XMLSyntaxError, LookupError, ValueError):
+                continue  # ValueError: lxml refuses a label with control characters
         if root is None:
             raise errors.ValidationError(f"not well-formed XML: {exc}") from None
     if root.getroottree().docinfo.internalDTD is not None:
@@ -117,7 +117,7 @@ def raw_text(raw: bytes) -> str:
     encoding = declared.group(2).decode("ascii", "replace") if declared else "utf-8"
     try:
         return raw.decode(encoding)
-    except (LookupError, UnicodeDecodeError):
+    except (LookupError, ValueError):  # unknown, undecodable, or a label with a NUL in it
         return raw.decode("utf-8", "replace")
 
 

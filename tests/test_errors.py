@@ -22,6 +22,13 @@ def test_empty_or_non_xml_body_is_a_client_fault_4004(app, body):
     assert_fault(call(app, body), "Client", 4004, REL6)
 
 
+def test_broken_xml_with_a_charset_label_lxml_refuses_is_a_client_fault_4004(app):
+    """Found by the fuzzer: a control character in the HTTP charset label made the parser's
+    fallback raise ValueError, answered as the service's own failure (3000)."""
+    response = call(app, b"not xml at all", content_type="text/xml; charset=\x00tf-8")
+    assert_fault(response, "Client", 4004)
+
+
 def test_xml_that_is_not_a_soap_envelope_is_a_client_fault_4004(app):
     response = call(app, b"<DeliveryReportReq><MessageID>1</MessageID></DeliveryReportReq>")
     assert_fault(response, "Client", 4004)
