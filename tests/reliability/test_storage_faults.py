@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -120,6 +120,20 @@ def replace_database(database: Path, new: Path) -> None:
     remove_database(database, ("-wal", "-shm"))
 
 
+def prove_fault(
+    service: Service, tag: str, described: str, inject: Callable[[], object], clear: Callable[[], object]
+) -> None:
+    """One report stored before the fault; while it lasts every report is refused with 3000
+    and /health is 503; once cleared, healthy again without a restart, and every refused
+    report, re-sent, is stored once beside the first."""
+    before = acknowledge(service, f"{tag}-before")
+    inject()
+    reports = refused(service, tag)
+    clear()
+    recovered(service, reports, described)
+    assert_stored_once(service, [before, *tags_of(reports)])
+
+
 def test_a_write_lock_held_past_the_busy_timeout(tmp_path):
     with serving(tmp_path / "mm7soap.db", MM7SOAP_BUSY_TIMEOUT_MS=BUSY_TIMEOUT_MS) as service:
         before = acknowledge(service, "lock-before")
@@ -141,27 +155,31 @@ def test_a_write_lock_held_past_the_busy_timeout(tmp_path):
 
 def test_the_database_file_deleted_then_restored(tmp_path):
     with serving(tmp_path / "mm7soap.db") as service:
-        before = acknowledge(service, "deleted-before")
-        backup(service.database, tmp_path / "backup.db")
-        remove_database(service.database)
-        # Not re-created behind the operator's back: a missing file may be an unmounted volume.
-        reports = refused(service, "deleted")
-        assert not service.database.exists()
-        shutil.move(tmp_path / "backup.db", service.database)
-        recovered(service, reports, "file deleted, then restored")
-        assert_stored_once(service, [before, *tags_of(reports)])
+
+        def delete() -> None:
+            backup(service.database, tmp_path / "backup.db")
+            remove_database(service.database)
+
+        def restore() -> None:
+            # Not re-created behind the operator's back: a missing file may be an unmounted volume.
+            assert not service.database.exists()
+            shutil.move(tmp_path / "backup.db", service.database)
+
+        prove_fault(service, "deleted", "file deleted, then restored", delete, restore)
 
 
 def test_the_database_file_replaced_by_garbage_then_restored(tmp_path):
     with serving(tmp_path / "mm7soap.db") as service:
-        before = acknowledge(service, "garbage-before")
-        backup(service.database, tmp_path / "backup.db")
-        (tmp_path / "garbage").write_bytes(b"this is not a database" * 1000)
-        replace_database(service.database, tmp_path / "garbage")
-        reports = refused(service, "garbage")
-        replace_database(service.database, tmp_path / "backup.db")
-        recovered(service, reports, "file replaced by garbage, then restored")
-        assert_stored_once(service, [before, *tags_of(reports)])
+
+        def garble() -> None:
+            backup(service.database, tmp_path / "backup.db")
+            (tmp_path / "garbage").write_bytes(b"this is not a database" * 1000)
+            replace_database(service.database, tmp_path / "garbage")
+
+        def restore() -> None:
+            replace_database(service.database, tmp_path / "backup.db")
+
+        prove_fault(service, "garbage", "file replaced by garbage, then restored", garble, restore)
 
 
 def test_a_replaced_database_gets_the_reports_that_follow(tmp_path):
@@ -187,18 +205,21 @@ def test_the_database_swapped_for_a_read_only_copy(tmp_path):
     need(os.geteuid() != 0 or shutil.which("setpriv") is not None, "root ignores file modes and setpriv is missing")
     service = Service(tmp_path / "mm7soap.db", honour_file_modes=True)
     service.start()
-    try:
-        before = acknowledge(service, "read-only-before")
+
+    def swap_for_read_only_copy() -> None:
         copy = tmp_path / "copy.db"
         backup(service.database, copy)
         copy.chmod(0o444)
         replace_database(service.database, copy)
-        reports = refused(service, "read-only")
+
+    def make_writable() -> None:
         # SQLite made the WAL and shared-memory files with the database's mode: all three.
         for path in service.database.parent.glob(service.database.name + "*"):
             path.chmod(0o644)
-        recovered(service, reports, "file swapped for a read-only copy, then made writable")
-        assert_stored_once(service, [before, *tags_of(reports)])
+
+    try:
+        described = "file swapped for a read-only copy, then made writable"
+        prove_fault(service, "read-only", described, swap_for_read_only_copy, make_writable)
     finally:
         service.stop()
 
@@ -240,9 +261,4 @@ def fill(directory: Path) -> Path:
 
 def test_the_disk_full(tmp_path):
     with small_filesystem(4096) as disk, serving(disk / "mm7soap.db") as service:
-        before = acknowledge(service, "full-before")
-        filler = fill(disk)
-        reports = refused(service, "full")
-        filler.unlink()
-        recovered(service, reports, "disk full, then freed")
-        assert_stored_once(service, [before, *tags_of(reports)])
+        prove_fault(service, "full", "disk full, then freed", lambda: fill(disk), lambda: (disk / "filler").unlink())
