@@ -1,11 +1,11 @@
 """Reading and writing the MM7 types fast, compiled from their Spyne declarations.
 
 Spyne's generic object mapping (`complex_from_element`, its serializer and the method
-context around them) took three quarters of a request's time (issue 7's profile).  The
-documents it would map here are always the canonical ones `mm7soap.canonical` built:
-known names, one namespace, values already trimmed.  So each type's fields are read once
-from its Spyne declaration (`get_flat_type_info`), and a request is mapped with a dict
-lookup per element.  The declarations stay the one source of the types and the WSDL;
+context around them) took three quarters of a request's time (issue 7's profile).  What
+it would map here is always a canonical request `mm7soap.canonical` built: known names,
+one namespace, values already trimmed.  So each type's fields are read once from its
+Spyne declaration (`get_flat_type_info`), and a request's `Node`s are mapped with a dict
+lookup each.  The declarations stay the one source of the types and the WSDL;
 `tests/test_binding.py` checks that this mapping gives what Spyne's own gives.
 """
 
@@ -18,11 +18,11 @@ from functools import cache
 from typing import Any
 from xml.sax.saxutils import escape
 
-from lxml import etree
 from spyne.model import ComplexModelBase
 from spyne.model.complex import XmlAttribute, XmlData
 from spyne.model.primitive import Boolean, DateTime, Integer
 
+from mm7soap.canonical import Node
 from mm7soap.namespaces import SOAP_ENV
 
 # xs:dateTime as `mm7soap.canonical.XS_DATETIME` lets it through: the fraction of any length.
@@ -43,7 +43,7 @@ class Field:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a complex type's members are: child elements (by full tag), attributes, text."""
+    """Where a complex type's members are: child elements (by name), attributes, text."""
 
     elements: dict[str, Field]
     attributes: tuple[Field, ...]
@@ -54,7 +54,6 @@ class Layout:
 
 @cache
 def layout(cls: Any) -> Layout:
-    namespace = cls.get_namespace()
     elements, attributes, data, order = {}, [], None, []
     for name, declared in cls.get_flat_type_info(cls).items():
         if issubclass(declared, XmlAttribute):
@@ -64,25 +63,25 @@ def layout(cls: Any) -> Layout:
         else:
             many = declared.Attributes.max_occurs > 1
             member = Field(name, declared, many=many, complex=issubclass(declared, ComplexModelBase))
-            elements[f"{{{namespace}}}{name}"] = member
+            elements[name] = member
             order.append(member)
     empty = {name: None for name in cls.get_flat_type_info(cls)}
     return Layout(elements, tuple(attributes), data, tuple(order), empty)
 
 
-def read(cls: Any, element: etree._Element) -> Any:
-    """An instance of the Spyne class `cls` from a canonical element."""
+def read(cls: Any, node: Node) -> Any:
+    """An instance of the Spyne class `cls` from a canonical request (or part of one)."""
     shape = layout(cls)
     instance = cls.__new__(cls)
     values = dict(shape.empty)
     for member in shape.attributes:
-        text = element.get(member.name)
+        text = node.attributes.get(member.name)
         if text is not None:
             values[member.name] = primitive(member.type, text)
     if shape.data is not None:
-        values[shape.data.name] = primitive(shape.data.type, element.text or "")
-    for child in element:
-        member = shape.elements.get(child.tag)  # type: ignore[arg-type]
+        values[shape.data.name] = primitive(shape.data.type, node.text or "")
+    for child in node.children:
+        member = shape.elements.get(child.name)
         if member is None:
             continue
         value = read(member.type, child) if member.complex else primitive(member.type, child.text or "")

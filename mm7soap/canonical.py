@@ -2,10 +2,14 @@
 
 MMSCs rename elements (`Recipients` for `Recipient`, `TimeStamp` for `Date`), write
 bare-text addresses, leave children unqualified and shuffle the schema order (spec.md §7).
-Everything here is matched by local name and rewritten in the request's MM7 namespace with
-the REL-6 element names and order of spec.md §4, so that Spyne maps it onto
-`mm7soap.types` without surprises.  A date Spyne would refuse is left out and kept as sent
-in `as_sent`; elements no schema knows stay only in the stored raw envelope.
+Everything here is matched by local name and rewritten with the REL-6 element names and
+order of spec.md §4, so that `mm7soap.binding` (or Spyne) maps it onto `mm7soap.types`
+without surprises.  A date Spyne would refuse is left out and kept as sent in `as_sent`;
+elements no schema knows stay only in the stored raw envelope.
+
+The canonical request is a tree of `Node`s, not of lxml elements: an lxml element costs
+microseconds to make (each new one is a document of its own), and a report needs a dozen.
+`Node.element` writes the same tree as XML in the request's namespace, for Spyne.
 """
 
 from __future__ import annotations
@@ -27,8 +31,32 @@ RECIPIENT_LISTS = ("To", "Cc", "Bcc")
 XS_DATETIME = re.compile(r"^-?\d{4,}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?$")
 BOOLEANS = {"true": "true", "1": "true", "false": "false", "0": "false"}
 
+
+@dataclass(slots=True)
+class Node:
+    """An element of a canonical request: its name (in the request's MM7 namespace), its
+    trimmed text, its unqualified attributes and its child elements, in schema order."""
+
+    name: str
+    text: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+    children: list[Node] = field(default_factory=list)
+
+    def child(self, name: str) -> Node | None:
+        return next((child for child in self.children if child.name == name), None)
+
+    def element(self, ns: str, parent: etree._Element | None = None) -> etree._Element:
+        """This node as an lxml element in namespace `ns` (appended to `parent`, if given)."""
+        tag = f"{{{ns}}}{self.name}"
+        out = etree.Element(tag, self.attributes) if parent is None else etree.SubElement(parent, tag, self.attributes)
+        out.text = self.text
+        for child in self.children:
+            child.element(ns, out)
+        return out
+
+
 AsSent = dict[str, str]
-Builder = Callable[[etree._Element, str, str, AsSent], "etree._Element | None"]
+Builder = Callable[[etree._Element, str, AsSent], "Node | None"]
 
 
 def children(element: etree._Element) -> list[etree._Element]:
@@ -46,33 +74,27 @@ def text_of(element: etree._Element) -> str:
     return (element.text or "").strip()
 
 
-def plain(source: etree._Element, ns: str, name: str, as_sent: AsSent) -> etree._Element:
-    out = etree.Element(f"{{{ns}}}{name}")
-    out.text = text_of(source)
-    return out
+def plain(source: etree._Element, name: str, as_sent: AsSent) -> Node:
+    return Node(name, text_of(source))
 
 
-def date(source: etree._Element, ns: str, name: str, as_sent: AsSent) -> etree._Element | None:
+def date(source: etree._Element, name: str, as_sent: AsSent) -> Node | None:
     """Dates MMSCs send as `2005-06-4T…` are kept as sent, but not given to Spyne."""
     as_sent[name] = text_of(source)
-    return plain(source, ns, name, as_sent) if XS_DATETIME.match(as_sent[name]) else None
+    return Node(name, as_sent[name]) if XS_DATETIME.match(as_sent[name]) else None
 
 
-def address(source: etree._Element, ns: str, name: str, as_sent: AsSent) -> etree._Element | None:
+def address(source: etree._Element, name: str, as_sent: AsSent) -> Node | None:
     """`<Recipient><Number>` from any of: a kind child, a `To`/`Cc`/`Bcc` list, bare text."""
     for wrapper in RECIPIENT_LISTS:
         listed = first_child(source, wrapper)
         if listed is not None:
-            return address(listed, ns, name, as_sent)
-    out = etree.Element(f"{{{ns}}}{name}")
-    values = address_values(source, ns)
-    if not values:
-        return None
-    out.append(values[0])
-    return out
+            return address(listed, name, as_sent)
+    values = address_values(source)
+    return Node(name, children=values[:1]) if values else None
 
 
-def address_values(source: etree._Element, ns: str) -> list[etree._Element]:
+def address_values(source: etree._Element) -> list[Node]:
     """The `<Number>`/`<ShortCode>`/`<RFC2822Address>` children of an address or list.
 
     A bare-text address (China Mobile's `<Sender>1065580001</Sender>`) is an
@@ -81,55 +103,54 @@ def address_values(source: etree._Element, ns: str) -> list[etree._Element]:
     values = []
     for child in children(source):
         kind = local_name(child.tag)
-        if kind in ADDRESS_KINDS and text_of(child):
-            value = etree.Element(f"{{{ns}}}{kind}")
-            value.text = text_of(child)
-            for attribute, attribute_value in child.attrib.items():
-                if local_name(attribute) in ADDRESS_ATTRIBUTES:
-                    value.set(local_name(attribute), attribute_value.strip())
-            values.append(value)
+        value = text_of(child) if kind in ADDRESS_KINDS else ""
+        if value:
+            attributes = {
+                local_name(attribute): attribute_value.strip()
+                for attribute, attribute_value in child.attrib.items()
+                if local_name(attribute) in ADDRESS_ATTRIBUTES
+            }
+            values.append(Node(kind, value, attributes))
     bare = text_of(source)
     if not values and bare:
-        value = etree.Element(f"{{{ns}}}{'RFC2822Address' if '@' in bare else 'Number'}")
-        value.text = bare
-        values.append(value)
+        values.append(Node("RFC2822Address" if "@" in bare else "Number", bare))
     return values
 
 
-def recipients(source: etree._Element, ns: str, name: str, as_sent: AsSent) -> etree._Element | None:
+def recipients(source: etree._Element, name: str, as_sent: AsSent) -> Node | None:
     """`<Recipients><To>…</To><Cc>…</Cc><Bcc>…</Bcc>`; addresses given directly are `To`."""
-    out = etree.Element(f"{{{ns}}}Recipients")
+    out = Node("Recipients")
     for list_name in RECIPIENT_LISTS:
         listed = first_child(source, list_name)
-        values = address_values(listed, ns) if listed is not None else []
+        values = address_values(listed) if listed is not None else []
         if list_name == "To" and listed is None:
-            values = address_values(source, ns)
+            values = address_values(source)
         if values:
-            etree.SubElement(out, f"{{{ns}}}{list_name}").extend(values)
-    return out if len(out) else None
+            out.children.append(Node(list_name, children=values))
+    return out if out.children else None
 
 
-def capabilities(source: etree._Element, ns: str, name: str, as_sent: AsSent) -> etree._Element:
-    out = etree.Element(f"{{{ns}}}UACapabilities")
+def capabilities(source: etree._Element, name: str, as_sent: AsSent) -> Node:
+    out = Node("UACapabilities")
     for attribute, value in source.attrib.items():
         if local_name(attribute) == "UAProf":
-            out.set("UAProf", value.strip())
+            out.attributes["UAProf"] = value.strip()
         elif local_name(attribute) == "TimeStamp":
             as_sent["UACapabilities/TimeStamp"] = value.strip()
             if XS_DATETIME.match(value.strip()):
-                out.set("TimeStamp", value.strip())
+                out.attributes["TimeStamp"] = value.strip()
     return out
 
 
-def content(source: etree._Element, ns: str, name: str, as_sent: AsSent) -> etree._Element:
+def content(source: etree._Element, name: str, as_sent: AsSent) -> Node:
     """`<Content href allowAdaptations/>`; Nokia-era MMSCs namespace the attributes."""
-    out = etree.Element(f"{{{ns}}}Content")
+    out = Node("Content")
     for attribute, value in source.attrib.items():
         if local_name(attribute) == "href":
             as_sent["Content/href"] = value
-            out.set("href", value.strip())
+            out.attributes["href"] = value.strip()
         elif local_name(attribute) == "allowAdaptations" and value.strip().lower() in BOOLEANS:
-            out.set("allowAdaptations", BOOLEANS[value.strip().lower()])
+            out.attributes["allowAdaptations"] = BOOLEANS[value.strip().lower()]
     return out
 
 
@@ -137,18 +158,18 @@ def sequenced(item: str, builder: Builder) -> Builder:
     """`Previouslysentby/UserAgent` and `Previouslysentdateandtime/DateTime` lists, each
     entry numbered by its `sequence` attribute."""
 
-    def build(source: etree._Element, ns: str, name: str, as_sent: AsSent) -> etree._Element | None:
-        out = etree.Element(f"{{{ns}}}{name}")
+    def build(source: etree._Element, name: str, as_sent: AsSent) -> Node | None:
+        out = Node(name)
         for entry in children(source):
             if local_name(entry.tag) != item:
                 continue
-            built = builder(entry, ns, item, {})
+            built = builder(entry, item, {})
             if built is not None:
                 sequence = next((v for k, v in entry.attrib.items() if local_name(k) == "sequence"), None)
                 if sequence is not None and sequence.strip().isdigit():
-                    built.set("sequence", sequence.strip())
-                out.append(built)
-        return out if len(out) else None
+                    built.attributes["sequence"] = sequence.strip()
+                out.children.append(built)
+        return out if out.children else None
 
     return build
 
@@ -270,17 +291,18 @@ def collect(operation: etree._Element, shape: Shape) -> dict[str, etree._Element
     return found
 
 
-def canonical_request(operation: etree._Element, ns: str, as_sent: AsSent) -> etree._Element:
-    """The request element in canonical names and order, or MissingElement."""
+def canonical_request(operation: etree._Element, as_sent: AsSent) -> Node:
+    """The request in canonical names and order, or MissingElement."""
     shape = SHAPES[local_name(operation.tag)]
     found = collect(operation, shape)
-    out = etree.Element(f"{{{ns}}}{shape.operation}")
+    out = Node(shape.operation)
     for name in shape.order:
         if name in found:
-            built = shape.builders.get(name, plain)(found[name], ns, name, as_sent)
-            if built is not None and (built.text or len(built) or built.attrib or name not in shape.mandatory):
-                out.append(built)
+            built = shape.builders.get(name, plain)(found[name], name, as_sent)
+            if built is not None and (built.text or built.children or built.attributes or name not in shape.mandatory):
+                out.children.append(built)
+    present = {child.name for child in out.children}
     for name in shape.mandatory:
-        if out.find(f"{{{ns}}}{name}") is None:
+        if name not in present:
             raise errors.MissingElement(name, shape.operation)
     return out

@@ -3,20 +3,22 @@
 MMSCs use any envelope prefix and declare the MM7 namespace on the Envelope, per element
 or not at all on the children (spec.md §7).  This module parses the root part (hardened,
 lenient about charsets), finds Header, Body, TransactionID and the request's namespace by
-local name, and builds a fresh envelope around the request's canonical form
-(`mm7soap.canonical`), which Spyne then reads.  Values Spyne would refuse (a date that is
-not an `xs:dateTime`) are kept as sent in `ReadEnvelope.as_sent`.
+local name, and reads the request into its canonical form (`mm7soap.canonical`), which
+`mm7soap.binding` maps onto the Spyne types (`ReadEnvelope.document` is the same as a SOAP
+envelope, for Spyne's own protocol).  Values Spyne would refuse (a date that is not an
+`xs:dateTime`) are kept as sent in `ReadEnvelope.as_sent`.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from lxml import etree
 
 from mm7soap import errors
-from mm7soap.canonical import SHAPES, canonical_request, children, first_child, text_of
+from mm7soap.canonical import SHAPES, Node, canonical_request, children, first_child, text_of
 from mm7soap.namespaces import (
     DEFAULT_NAMESPACE,
     MM7_NAMESPACES,
@@ -41,15 +43,32 @@ class ReadEnvelope:
     """A request as understood: where it came from in MM7 terms and its canonical form."""
 
     namespace: str
-    operation: str
-    document: etree._Element
+    request: Node
     transaction_id: str | None = None
-    mm7_version: str | None = None
     as_sent: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def operation(self) -> str:
+        return self.request.name
+
+    @property
+    def mm7_version(self) -> str | None:
+        version = self.request.child("MM7Version")
+        return version.text if version is not None else None
 
     @property
     def namespace_name(self) -> str:
         return mm7_name(self.namespace) or ""
+
+    @cached_property
+    def document(self) -> etree._Element:
+        """The canonical request in a SOAP envelope with its TransactionID, as Spyne reads it."""
+        root = etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap={"env": SOAP_ENV})
+        header = etree.SubElement(root, f"{{{SOAP_ENV}}}Header")
+        if self.transaction_id is not None:
+            etree.SubElement(header, f"{{{self.namespace}}}TransactionID").text = self.transaction_id
+        self.request.element(self.namespace, etree.SubElement(root, f"{{{SOAP_ENV}}}Body"))
+        return root
 
 
 @dataclass
@@ -203,19 +222,10 @@ def read(data: bytes, charset: str | None = None) -> ReadEnvelope:
     name = local_name(operation.tag)
     if name not in SERVED_OPERATIONS:
         raise errors.UnsupportedOperation(f"{name} is not served by this endpoint")
-    read_envelope = ReadEnvelope(
+    as_sent: dict[str, str] = {}
+    return ReadEnvelope(
         namespace=namespace,
-        operation=name,
-        document=etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap={"env": SOAP_ENV}),
+        request=canonical_request(operation, as_sent),
         transaction_id=text_of(transaction) if transaction is not None else None,
+        as_sent=as_sent,
     )
-    canonical_header = etree.SubElement(read_envelope.document, f"{{{SOAP_ENV}}}Header")
-    if read_envelope.transaction_id is not None:
-        tid = etree.SubElement(canonical_header, f"{{{namespace}}}TransactionID")
-        tid.text = read_envelope.transaction_id
-    canonical_body = etree.SubElement(read_envelope.document, f"{{{SOAP_ENV}}}Body")
-    request = canonical_request(operation, namespace, read_envelope.as_sent)
-    canonical_body.append(request)
-    version = request.find(f"{{{namespace}}}MM7Version")
-    read_envelope.mm7_version = version.text if version is not None else None
-    return read_envelope

@@ -158,11 +158,11 @@ class Endpoint:
             return self.fault(errors.MM7Error("unexpected server error"), read, inbound)
 
     def run(self, read: envelope.ReadEnvelope, inbound: Inbound) -> bytes:
-        """Call the request's operation on what `binding` read of the canonical envelope, and
+        """Call the request's operation on what `binding` read of the canonical request, and
         write its answer with `binding`: Spyne's declarations, without Spyne's per-request
         machinery (issue 7).  `tests/test_binding.py` runs Spyne's own pipeline beside it."""
         descriptor = self.operations[read.namespace][read.operation]
-        request = binding.read(descriptor.in_message, read.document[-1][0])
+        request = binding.read(descriptor.in_message, read.request)
         context = OperationContext(udc=Call(envelope=read, inbound=inbound), in_header=read.transaction_id)
         response = descriptor.function(context, request)
         echoed = read.transaction_id if context.out_header is not None else None
