@@ -129,8 +129,8 @@ def run_target(target: Target, round_number: int, args: argparse.Namespace) -> T
 
 
 def loads(args: argparse.Namespace) -> list[Load]:
-    """Each connection count as fast as answered, then (with --rate) each paced at that rate."""
-    paced = [Load(connections, args.rate) for connections in args.connections] if args.rate else []
+    """Each connection count as fast as answered, then (with --rate) paced at each rate."""
+    paced = [Load(connections, rate) for rate in args.rate for connections in args.connections]
     return [Load(connections) for connections in args.connections] + paced
 
 

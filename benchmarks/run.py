@@ -23,9 +23,9 @@ from report import machine, ratios, row_comparison, summarise, table
 from rows import SETTLE_TIMEOUT
 from servers import BENCHMARKS, START_TIMEOUT, STOP_TIMEOUT, TARGETS, BenchmarkError
 
-# Offered req/s of the paced runs: about half what mm7soap takes at most on a 2-core machine
-# with wrk on the same cores, so that they measure answer time rather than queueing.
-DEFAULT_RATE = 400.0
+# Offered req/s of the paced runs: about a quarter and a half of what mm7soap takes at most
+# on a 2-core machine with wrk on the same cores, so that they measure answer time, not a queue.
+DEFAULT_RATES = (400.0, 800.0)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -36,16 +36,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=connection_counts, default=[8, 32], help="default 8,32")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument(
-        "--rate", type=float, default=DEFAULT_RATE, help=f"req/s of the paced runs; 0: none (default {DEFAULT_RATE:g})"
+        "--rate",
+        type=offered_rates,
+        default=list(DEFAULT_RATES),
+        help=f"req/s of the paced runs; 0: none (default {','.join(f'{rate:g}' for rate in DEFAULT_RATES)})",
     )
     # Whole seconds: wrk reads no fractions.  Sinch gives up on a request after 10 s: an
     # answer later than that is as good as none.
     parser.add_argument("--timeout", type=int, default=10, help="wrk's request timeout, seconds (default 10)")
     parser.add_argument("--out", type=Path, default=BENCHMARKS / "results", help="default benchmarks/results/")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.threads < 1 or args.rate < 0:
-        parser.error("rounds and threads must be ≥ 1, duration > 0, warmup and rate ≥ 0")
+    if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.threads < 1:
+        parser.error("rounds and threads must be ≥ 1, duration > 0, warmup ≥ 0")
     return args
+
+
+def offered_rates(text: str) -> list[float]:
+    """`400,800` → [400.0, 800.0]; `0` → [] (no paced runs)."""
+    try:
+        rates = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("give req/s rates, e.g. 400,800, or 0") from None
+    if any(rate < 0 for rate in rates):
+        raise argparse.ArgumentTypeError("rates are ≥ 0")
+    return [rate for rate in rates if rate > 0]
 
 
 def connection_counts(text: str) -> list[int]:
@@ -75,7 +89,7 @@ def header(args: argparse.Namespace) -> list[str]:
         f" sqlite {info['sqlite']}, mm7soap {info['mm7soap']}",
         f"rounds: {args.rounds} (mm7soap then reference); {args.warmup:g} s warm-up, {args.duration:g} s per run at"
         f" {','.join(map(str, args.connections))} connections, as fast as answered"
-        + (f" and paced at {args.rate:g} req/s" if args.rate else "")
+        + (f" and paced at {', '.join(f'{rate:g}' for rate in args.rate)} req/s" if args.rate else "")
         + f", {args.threads} wrk threads",
         f"expected duration {expected / 60:.1f} min (bounded by {most / 60:.0f} min)",
     ]

@@ -34,12 +34,16 @@ def test_reference_app_stores_then_answers_1000(tmp_path, monkeypatch):
 
 def test_benchmark_loads_and_pacing(monkeypatch):
     """The command's modules import, and each connection count is measured closed-loop, then
-    paced so that the connections together offer --rate reports a second."""
+    paced so that the connections together offer each --rate reports a second."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     run = importlib.import_module("run")
     load = importlib.import_module("load")
     measure = importlib.import_module("measure")
-    args = run.parse_args(["--connections", "8,32", "--rate", "400"])
-    assert measure.loads(args) == [load.Load(8), load.Load(32), load.Load(8, 400.0), load.Load(32, 400.0)]
+    args = run.parse_args(["--connections", "8,32", "--rate", "400,800"])
+    assert measure.loads(args) == [
+        *(load.Load(8), load.Load(32)),
+        *(load.Load(8, 400.0), load.Load(32, 400.0), load.Load(8, 800.0), load.Load(32, 800.0)),
+    ]
     assert load.Load(32, 400.0).gap_ms() == 80.0  # 32 connections, each one report per 80 ms
     assert [item.label for item in measure.loads(run.parse_args(["--rate", "0"]))] == ["max", "max"]
+    assert [item.label for item in measure.loads(run.parse_args(["--connections", "32"]))] == ["max", "400/s", "800/s"]
