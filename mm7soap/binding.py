@@ -12,6 +12,7 @@ lookup each.  The declarations stay the one source of the types and the WSDL;
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cache
@@ -104,13 +105,23 @@ def new(cls: Any, **values: Any) -> Any:
 
 def primitive(declared: Any, text: str) -> Any:
     """A simple value from its XML text, as Spyne's own parser gives it."""
+    return converter(declared)(text)
+
+
+@cache
+def converter(declared: Any) -> Callable[[str], Any]:
+    """How text becomes a value of a Spyne primitive type: found once per type."""
     if issubclass(declared, DateTime):
-        return xs_datetime(text)
+        return xs_datetime
     if issubclass(declared, Boolean):
-        return text.strip().lower() in ("true", "1")
+        return boolean
     if issubclass(declared, Integer):
-        return int(text)
-    return text
+        return int
+    return str
+
+
+def boolean(text: str) -> bool:
+    return text.strip().lower() in ("true", "1")
 
 
 def xs_datetime(text: str) -> datetime:

@@ -70,6 +70,14 @@ def first_child(element: etree._Element, name: str) -> etree._Element | None:
     return None
 
 
+def first_children(element: etree._Element) -> dict[str, etree._Element]:
+    """The first child element of each local name."""
+    found: dict[str, etree._Element] = {}
+    for child in children(element):
+        found.setdefault(local_name(child.tag), child)
+    return found
+
+
 def text_of(element: etree._Element) -> str:
     return (element.text or "").strip()
 
@@ -86,10 +94,10 @@ def date(source: etree._Element, name: str, as_sent: AsSent) -> Node | None:
 
 def address(source: etree._Element, name: str, as_sent: AsSent) -> Node | None:
     """`<Recipient><Number>` from any of: a kind child, a `To`/`Cc`/`Bcc` list, bare text."""
+    named = first_children(source)
     for wrapper in RECIPIENT_LISTS:
-        listed = first_child(source, wrapper)
-        if listed is not None:
-            return address(listed, name, as_sent)
+        if wrapper in named:
+            return address(named[wrapper], name, as_sent)
     values = address_values(source)
     return Node(name, children=values[:1]) if values else None
 
@@ -120,8 +128,9 @@ def address_values(source: etree._Element) -> list[Node]:
 def recipients(source: etree._Element, name: str, as_sent: AsSent) -> Node | None:
     """`<Recipients><To>…</To><Cc>…</Cc><Bcc>…</Bcc>`; addresses given directly are `To`."""
     out = Node("Recipients")
+    named = first_children(source)
     for list_name in RECIPIENT_LISTS:
-        listed = first_child(source, list_name)
+        listed = named.get(list_name)
         values = address_values(listed) if listed is not None else []
         if list_name == "To" and listed is None:
             values = address_values(source)
