@@ -10,8 +10,10 @@ from mm7soap.settings import Settings
 # Server hooks (on_starting migrates mm7soap's database) belong to mm7soap, not to the
 # reference, which creates its own table on import.
 options = {name: value for name, value in gunicorn_options(Settings.from_env()).items() if not callable(value)}
-# mm7soap runs a gthread subclass that only rewrites gunicorn's error pages as SOAP Faults;
-# the plain gthread worker serves requests the same way.
+# mm7soap runs a gthread subclass (mm7soap.serving.MM7ThreadWorker) that reads each request in
+# the event loop before a thread takes it, so that stalling clients hold no thread, and writes
+# gunicorn's error pages as SOAP Faults.  Neither is "how fast Python can go": the reference
+# gets gunicorn's plain gthread worker, which hands a thread the connection at once.
 options["worker_class"] = "gthread"
 # reference_app.py lives beside this file, outside any package.
 options["pythonpath"] = os.path.dirname(os.path.abspath(__file__))
