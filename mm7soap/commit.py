@@ -5,8 +5,8 @@ With `synchronous=FULL` every commit waits for the disk, and with several thread
 several gunicorn workers every commit also waited for the others': SQLite's busy handler
 sleeps 1, 2, 5 … 100 ms between tries, which made the tail latency hundreds of
 milliseconds (issue 7).  Here the threads of one process hand their writes to whichever of
-them holds the process's writer lock.  It runs them all in one transaction, each in a
-savepoint of its own, and commits once.  A write that fails is rolled back to its
+them leads: the first to find no commit in progress.  It runs all the writes waiting in one
+transaction, each in a savepoint of its own, and commits once.  A write that fails is rolled back to its
 savepoint and fails alone; a commit that fails fails every write in it.  The lock between
 processes is still SQLite's, but it is taken with short retries rather than those sleeps.
 """
@@ -46,29 +46,47 @@ class Ticket:
 
 
 class GroupCommit:
-    """The writes of one process, committed in groups by whichever thread holds the lock."""
+    """The writes of one process, committed in groups by whichever thread is leading."""
 
     def __init__(self, connections: Connections, busy_timeout_ms: int) -> None:
-        self.connections = connections  # the calling thread's connection is the writer's
+        self.connections = connections  # the calling thread's connection is the leader's
         self.busy_timeout_ms = busy_timeout_ms
-        self.writer = threading.Lock()
-        self.queue_lock = threading.Lock()
+        # Guards `pending` and `leading`; notified when a leader is done.  Each waiting
+        # thread wakes then, and one whose write was committed returns at once: waiting on
+        # one lock for the leader's turn, it could queue behind the next leader's whole commit.
+        self.changed = threading.Condition()
         self.pending: list[Ticket] = []
+        self.leading = False
 
     def run(self, work: Work) -> Any:
         """Run `work` in a transaction and commit it (perhaps with others' work); its result,
         or StoreError.  Returns only once the commit is durable."""
         ticket = Ticket(work)
-        with self.queue_lock:
+        with self.changed:
             self.pending.append(ticket)
-        with self.writer:
-            if not ticket.done:  # nobody committed it while this thread waited: lead
-                with self.queue_lock:
-                    batch, self.pending = self.pending, []
+            while self.leading and not ticket.done:
+                self.changed.wait()
+            batch = self.lead() if not ticket.done else []
+        if batch:  # nobody was committing: this thread commits what has queued up
+            try:
                 self.commit(batch)
+            finally:
+                self.step_down()
         if ticket.error is not None:
             raise ticket.error
         return ticket.result
+
+    def lead(self) -> list[Ticket]:
+        """Become the leader (with `changed` held) and take every write waiting."""
+        self.leading = True
+        batch, self.pending = self.pending, []
+        return batch
+
+    def step_down(self) -> None:
+        """The leader is done: wake those whose writes it committed, and the next leader."""
+        with self.changed:
+            self.leading = False
+            self.changed.notify_all()
 
     def commit(self, batch: list[Ticket]) -> None:
         db: sqlite_utils.Database | None = None

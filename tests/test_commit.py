@@ -37,17 +37,58 @@ def test_writes_waiting_together_share_one_commit(store, monkeypatch):
     batches: list[int] = []
     commit = GroupCommit.commit
     monkeypatch.setattr(GroupCommit, "commit", lambda self, batch: (batches.append(len(batch)), commit(self, batch)))
-    group.writer.acquire()  # a commit in progress: the next writes queue up behind it
+    with group.changed:
+        group.leading = True  # a commit in progress: the next writes queue up behind it
     threads = [threading.Thread(target=group.run, args=(note(f"n{i}"),)) for i in range(5)]
     for thread in threads:
         thread.start()
-    while len(group.pending) < 5:
-        time.sleep(0.001)
-    group.writer.release()
+    queued(group, 5)
+    group.step_down()
     for thread in threads:
         thread.join()
     assert batches == [5]
     assert sorted(notes(store)) == [f"n{i}" for i in range(5)]
+
+
+def queued(group: GroupCommit, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while len(group.pending) < count:
+        assert time.monotonic() < deadline, "the writes did not queue up"
+        time.sleep(0.001)
+
+
+def test_a_committed_write_returns_without_waiting_for_the_next_commit(store):
+    """Its thread answers as soon as the commit holding it is done, even when the next
+    leader's commit (here one held open) has already begun."""
+    group = store.writes
+    with group.changed:
+        group.leading = True  # this test leads the first commit
+    answered = threading.Thread(target=group.run, args=(note("in the first commit"),))
+    answered.start()
+    queued(group, 1)
+    with group.changed:
+        batch, group.pending = group.pending, []
+    next_commit_open, release_next = threading.Event(), threading.Event()
+
+    def held_open(db):
+        next_commit_open.set()
+        release_next.wait(5)
+        return note("in the next commit")(db)
+
+    waiting = threading.Thread(target=group.run, args=(held_open,))
+    waiting.start()
+    queued(group, 1)
+    group.commit(batch)
+    group.step_down()
+    assert next_commit_open.wait(5)
+    answered.join(2)
+    try:
+        assert not answered.is_alive(), "a committed write waited for the next leader's commit"
+    finally:
+        release_next.set()
+        waiting.join()
+        answered.join()
+    assert notes(store) == ["in the first commit", "in the next commit"]
 
 
 def test_a_failing_write_fails_alone(store):
