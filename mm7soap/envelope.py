@@ -4,8 +4,8 @@ MMSCs use any envelope prefix and declare the MM7 namespace on the Envelope, per
 or not at all on the children (spec.md §7).  This module parses the root part (hardened,
 lenient about charsets), finds Header, Body, TransactionID and the request's namespace by
 local name, and reads the request into its canonical form (`mm7soap.canonical`), which
-`mm7soap.binding` maps onto the Spyne types (`ReadEnvelope.document` is the same as a SOAP
-envelope, for Spyne's own protocol).  Values Spyne would refuse (a date that is not an
+`mm7soap.binding` maps onto the Spyne types (`ReadEnvelope.document` writes it out as a
+SOAP envelope, for Spyne's own protocol).  Values Spyne would refuse (a date that is not an
 `xs:dateTime`) are kept as sent in `ReadEnvelope.as_sent`.
 """
 
