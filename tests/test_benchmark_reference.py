@@ -9,6 +9,8 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import SINCH_CONTENT_TYPE, call, data
 
 ROOT = Path(__file__).parent.parent
@@ -47,3 +49,21 @@ def test_benchmark_loads_and_pacing(monkeypatch):
     assert load.Load(32, 400.0).gap_ms() == 80.0  # 32 connections, each one report per 80 ms
     assert [item.label for item in measure.loads(run.parse_args(["--rate", "0"]))] == ["max", "max"]
     assert [item.label for item in measure.loads(run.parse_args(["--connections", "32"]))] == ["max", "400/s", "800/s"]
+
+
+def test_stages_times_mm7soaps_path_and_both_whole_calls(monkeypatch, capsys, tmp_path):
+    """benchmarks/stages.py runs, and times only calls that were answered 1000."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    stages = importlib.import_module("stages")
+    assert stages.main(["--number", "3", "--synchronous", "OFF"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    labels = ["envelope read into canonical Nodes", "  row stored and committed", "envelope read, then operation run"]
+    labels.append("mm7soap: whole WSGI call")
+    for label in [*labels, "reference: whole WSGI call"]:
+        line = next(line for line in printed if line.startswith(label))
+        assert float(line.split()[-2]) > 0
+    assert printed[-1].startswith("mm7soap / reference")
+    reference = stages.load_reference(tmp_path / "reference.db")
+    with pytest.raises(RuntimeError, match="not a 1000"):
+        stages.post(reference.application, b"<not-a-report/>")
+    reference.connection().close()
