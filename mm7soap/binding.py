@@ -11,10 +11,9 @@ lookup each.  The declarations stay the one source of the types and the WSDL;
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from functools import cache
 from typing import Any
 from xml.sax.saxutils import escape
@@ -23,13 +22,12 @@ from spyne.model import ComplexModelBase
 from spyne.model.complex import XmlAttribute, XmlData
 from spyne.model.primitive import Boolean, DateTime, Integer
 
+from mm7soap import xsdatetime
 from mm7soap.canonical import Node
 from mm7soap.namespaces import SOAP_ENV
 
-# xs:dateTime as `mm7soap.canonical.XS_DATETIME` lets it through: the fraction of any length.
-DATETIME = re.compile(
-    r"^(-?\d{4,})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$",
-)
+# A CR written as is would reach the MMSC as LF (XML end-of-line handling): write a reference.
+CARRIAGE_RETURN = {"\r": "&#13;"}
 
 
 @dataclass(frozen=True)
@@ -79,8 +77,8 @@ def read(cls: Any, node: Node) -> Any:
         text = node.attributes.get(member.name)
         if text is not None:
             values[member.name] = primitive(member.type, text)
-    if shape.data is not None:
-        values[shape.data.name] = primitive(shape.data.type, node.text or "")
+    if shape.data is not None and node.text is not None:  # None: a date kept only as sent
+        values[shape.data.name] = primitive(shape.data.type, node.text)
     for child in node.children:
         member = shape.elements.get(child.name)
         if member is None:
@@ -125,20 +123,12 @@ def boolean(text: str) -> bool:
 
 
 def xs_datetime(text: str) -> datetime:
-    """An xs:dateTime; without a zone it is naive, as Spyne leaves it (stored as UTC)."""
-    match = DATETIME.match(text.strip())
-    if match is None:
+    """An xs:dateTime; without a zone it is naive, as Spyne leaves it (stored as UTC).
+    `mm7soap.canonical` gives only dates that `mm7soap.xsdatetime` can read."""
+    moment = xsdatetime.parse(text.strip())
+    if moment is None:
         raise ValueError(f"{text!r} is not an xs:dateTime")
-    year, month, day, hour, minute, second, fraction, zone = match.groups()
-    microsecond = int((fraction or "0")[:6].ljust(6, "0"))
-    moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), microsecond)
-    if zone is None:
-        return moment
-    if zone == "Z":
-        return moment.replace(tzinfo=timezone.utc)
-    sign = 1 if zone[0] == "+" else -1
-    offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-    return moment.replace(tzinfo=timezone(sign * offset))
+    return moment
 
 
 def write(cls: Any, instance: Any) -> str:
@@ -148,7 +138,7 @@ def write(cls: Any, instance: Any) -> str:
     for member in layout(cls).order:
         value = getattr(instance, member.name, None)
         for item in (value if member.many else [value]) if value is not None else []:
-            inner = write(member.type, item) if member.complex else escape(text_of(item))
+            inner = write(member.type, item) if member.complex else escape(text_of(item), CARRIAGE_RETURN)
             out.append(f"<{member.name}>{inner}</{member.name}>")
     return "".join(out)
 
@@ -166,9 +156,8 @@ def answer_document(namespace: str, name: str, cls: Any, instance: Any, transact
     `env:` prefix, MM7 as the default namespace, TransactionID echoed with mustUnderstand."""
     header = ""
     if transaction_id is not None:
-        header = (
-            f'<env:Header><TransactionID env:mustUnderstand="1">{escape(transaction_id)}</TransactionID></env:Header>'
-        )
+        echoed = escape(transaction_id, CARRIAGE_RETURN)
+        header = f'<env:Header><TransactionID env:mustUnderstand="1">{echoed}</TransactionID></env:Header>'
     return (
         "<?xml version='1.0' encoding='UTF-8'?>\n"
         f'<env:Envelope xmlns:env="{SOAP_ENV}" xmlns="{namespace}">{header}'

@@ -14,21 +14,20 @@ microseconds to make (each new one is a document of its own), and a report needs
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lxml import etree
 
-from mm7soap import errors
+from mm7soap import errors, xsdatetime
 from mm7soap.namespaces import local_name
 from mm7soap.types import ADDRESS_KINDS
 
 ADDRESS_ATTRIBUTES = ("displayOnly", "addressCoding", "id")
 RECIPIENT_LISTS = ("To", "Cc", "Bcc")
 
-# xs:dateTime, strictly: two-digit month and day, optional fraction and zone.
-XS_DATETIME = re.compile(r"^-?\d{4,}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?$")
+# What XML calls white space; Python's str.strip() would also take e.g. a no-break space.
+XML_WHITESPACE = " \t\r\n"
 BOOLEANS = {"true": "true", "1": "true", "false": "false", "0": "false"}
 
 
@@ -70,16 +69,24 @@ def first_child(element: etree._Element, name: str) -> etree._Element | None:
     return None
 
 
-def first_children(element: etree._Element) -> dict[str, etree._Element]:
-    """The first child element of each local name."""
-    found: dict[str, etree._Element] = {}
-    for child in children(element):
-        found.setdefault(local_name(child.tag), child)
-    return found
-
-
 def text_of(element: etree._Element) -> str:
-    return (element.text or "").strip()
+    """An element's whole text, without the white space around it: the text of all its
+    descendants (markup dropped; CDATA and character references read; comments and
+    processing instructions were removed by the parser), never only what precedes the
+    first child element (`<StatusText>Delivered to <b>handset</b></StatusText>`)."""
+    if len(element) == 0:
+        return (element.text or "").strip(XML_WHITESPACE)
+    return "".join(element.itertext()).strip(XML_WHITESPACE)
+
+
+def attribute_text(value: str) -> str:
+    return value.strip(XML_WHITESPACE)
+
+
+def is_nil(element: etree._Element) -> bool:
+    """`xsi:nil="true"`: the element stands for no value, as if it were absent.  Matched by
+    local name, as MMSCs bind the xsi prefix loosely."""
+    return any(local_name(key) == "nil" and attribute_text(value) in ("true", "1") for key, value in element.items())
 
 
 def plain(source: etree._Element, name: str, as_sent: AsSent) -> Node:
@@ -87,53 +94,76 @@ def plain(source: etree._Element, name: str, as_sent: AsSent) -> Node:
 
 
 def date(source: etree._Element, name: str, as_sent: AsSent) -> Node | None:
-    """Dates MMSCs send as `2005-06-4T…` are kept as sent, but not given to Spyne."""
+    """Dates are kept as sent; only an xs:dateTime that names a time is given to Spyne, so
+    `2005-06-4T…` or `2026-02-30T…` is stored as sent with no UTC value."""
     as_sent[name] = text_of(source)
-    return Node(name, as_sent[name]) if XS_DATETIME.match(as_sent[name]) else None
+    return Node(name, as_sent[name]) if xsdatetime.parse(as_sent[name]) is not None else None
 
 
 def address(source: etree._Element, name: str, as_sent: AsSent) -> Node | None:
-    """`<Recipient><Number>` from any of: a kind child, a `To`/`Cc`/`Bcc` list, bare text."""
-    named = first_children(source)
-    for wrapper in RECIPIENT_LISTS:
-        if wrapper in named:
-            return address(named[wrapper], name, as_sent)
-    values = address_values(source)
-    return Node(name, children=values[:1]) if values else None
+    """`<Recipient><Number>` from any of: a kind child, a `To`/`Cc`/`Bcc` list, bare text.
 
-
-def address_values(source: etree._Element) -> list[Node]:
-    """The `<Number>`/`<ShortCode>`/`<RFC2822Address>` children of an address or list.
-
-    A bare-text address (China Mobile's `<Sender>1065580001</Sender>`) is an
-    RFC2822Address when it looks like one (has `@`), a Number otherwise.
+    One address: the same one written twice is one, two different ones cannot be stored
+    as either (a report is about one recipient), so they are a Client fault.
     """
-    values = []
+    values: list[Node] = []
+    for found in listed_addresses(source).values():
+        values.extend(value for value in found if value not in values)
+    if len(values) > 1:
+        raise errors.ValidationError(f"{name} holds {len(values)} different addresses; MM7 allows one")
+    return Node(name, children=values) if values else None
+
+
+def listed_addresses(source: etree._Element) -> dict[str, list[Node]]:
+    """The addresses of a Recipients (or a wrapped Recipient) by list, in document order:
+    those of every `To`, `Cc` and `Bcc` child, and those given directly, taken as `To`."""
+    lists: dict[str, list[Node]] = {name: [] for name in RECIPIENT_LISTS}
+    wrapped = False
     for child in children(source):
+        if local_name(child.tag) in RECIPIENT_LISTS and not is_nil(child):
+            lists[local_name(child.tag)].extend(address_values(child))
+            wrapped = True
+        else:
+            lists["To"].extend(address_values(child, alone=True))
+    if not wrapped and not any(lists.values()):
+        lists["To"].extend(bare_address(source))
+    return lists
+
+
+def address_values(source: etree._Element, alone: bool = False) -> list[Node]:
+    """The `<Number>`/`<ShortCode>`/`<RFC2822Address>` children of an address or list, or
+    `source` itself when `alone` and it is one; else its bare text."""
+    candidates = [source] if alone else children(source)
+    values = []
+    for child in candidates:
         kind = local_name(child.tag)
-        value = text_of(child) if kind in ADDRESS_KINDS else ""
+        value = text_of(child) if kind in ADDRESS_KINDS and not is_nil(child) else ""
         if value:
             attributes = {
-                local_name(attribute): attribute_value.strip()
+                local_name(attribute): attribute_text(attribute_value)
                 for attribute, attribute_value in child.attrib.items()
                 if local_name(attribute) in ADDRESS_ATTRIBUTES
             }
             values.append(Node(kind, value, attributes))
-    bare = text_of(source)
-    if not values and bare:
-        values.append(Node("RFC2822Address" if "@" in bare else "Number", bare))
+    if not alone and not values:
+        values.extend(bare_address(source))
     return values
 
 
+def bare_address(source: etree._Element) -> list[Node]:
+    """A bare-text address (China Mobile's `<Sender>1065580001</Sender>`): an
+    RFC2822Address when it looks like one (has `@`), a Number otherwise."""
+    if any(local_name(child.tag) in ADDRESS_KINDS for child in children(source)):
+        return []  # address elements, all empty: no address, not their markup as text
+    bare = text_of(source)
+    return [Node("RFC2822Address" if "@" in bare else "Number", bare)] if bare else []
+
+
 def recipients(source: etree._Element, name: str, as_sent: AsSent) -> Node | None:
-    """`<Recipients><To>…</To><Cc>…</Cc><Bcc>…</Bcc>`; addresses given directly are `To`."""
+    """`<Recipients><To>…</To><Cc>…</Cc><Bcc>…</Bcc>`; addresses given directly are `To`.
+    Every list written is read, also a list written twice."""
     out = Node("Recipients")
-    named = first_children(source)
-    for list_name in RECIPIENT_LISTS:
-        listed = named.get(list_name)
-        values = address_values(listed) if listed is not None else []
-        if list_name == "To" and listed is None:
-            values = address_values(source)
+    for list_name, values in listed_addresses(source).items():
         if values:
             out.children.append(Node(list_name, children=values))
     return out if out.children else None
@@ -143,11 +173,11 @@ def capabilities(source: etree._Element, name: str, as_sent: AsSent) -> Node:
     out = Node("UACapabilities")
     for attribute, value in source.attrib.items():
         if local_name(attribute) == "UAProf":
-            out.attributes["UAProf"] = value.strip()
+            out.attributes["UAProf"] = attribute_text(value)
         elif local_name(attribute) == "TimeStamp":
-            as_sent["UACapabilities/TimeStamp"] = value.strip()
-            if XS_DATETIME.match(value.strip()):
-                out.attributes["TimeStamp"] = value.strip()
+            as_sent["UACapabilities/TimeStamp"] = attribute_text(value)
+            if xsdatetime.parse(attribute_text(value)) is not None:
+                out.attributes["TimeStamp"] = attribute_text(value)
     return out
 
 
@@ -157,26 +187,31 @@ def content(source: etree._Element, name: str, as_sent: AsSent) -> Node:
     for attribute, value in source.attrib.items():
         if local_name(attribute) == "href":
             as_sent["Content/href"] = value
-            out.attributes["href"] = value.strip()
-        elif local_name(attribute) == "allowAdaptations" and value.strip().lower() in BOOLEANS:
-            out.attributes["allowAdaptations"] = BOOLEANS[value.strip().lower()]
+            out.attributes["href"] = attribute_text(value)
+        elif local_name(attribute) == "allowAdaptations" and attribute_text(value).lower() in BOOLEANS:
+            out.attributes["allowAdaptations"] = BOOLEANS[attribute_text(value).lower()]
     return out
 
 
 def sequenced(item: str, builder: Builder) -> Builder:
     """`Previouslysentby/UserAgent` and `Previouslysentdateandtime/DateTime` lists, each
-    entry numbered by its `sequence` attribute."""
+    entry numbered by its `sequence` attribute.  An entry's values as sent are kept under
+    `name/item[index]` (a date that is no xs:dateTime is an entry without a value)."""
 
     def build(source: etree._Element, name: str, as_sent: AsSent) -> Node | None:
         out = Node(name)
         for entry in children(source):
-            if local_name(entry.tag) != item:
+            if local_name(entry.tag) != item or is_nil(entry):
                 continue
-            built = builder(entry, item, {})
+            entry_sent: AsSent = {}
+            built = builder(entry, item, entry_sent)
+            if built is None and entry_sent.get(item):
+                built = Node(item)
             if built is not None:
                 sequence = next((v for k, v in entry.attrib.items() if local_name(k) == "sequence"), None)
-                if sequence is not None and sequence.strip().isdigit():
-                    built.attributes["sequence"] = sequence.strip()
+                if sequence is not None and attribute_text(sequence).isdigit():
+                    built.attributes["sequence"] = attribute_text(sequence)
+                as_sent.update({f"{name}/{key}[{len(out.children)}]": value for key, value in entry_sent.items()})
                 out.children.append(built)
         return out if out.children else None
 
@@ -287,17 +322,48 @@ DELIVER = Shape(
 SHAPES = {shape.operation: shape for shape in (DELIVERY_REPORT, READ_REPLY, DELIVER)}
 
 
-def collect(operation: etree._Element, shape: Shape) -> dict[str, etree._Element]:
-    """The first element of each canonical name, looking inside vendor wrappers too."""
-    found: dict[str, etree._Element] = {}
+@dataclass
+class Found:
+    """The elements of one canonical name: written under that name, and under an alias."""
+
+    named: list[etree._Element] = field(default_factory=list)
+    aliased: list[etree._Element] = field(default_factory=list)
+
+    @property
+    def sources(self) -> list[etree._Element]:
+        """An alias stands in only for a missing name (a report with both `Date` and
+        `TimeStamp` has its Date; the TimeStamp is then an element no schema knows)."""
+        return self.named or self.aliased
+
+
+def collect(operation: etree._Element, shape: Shape, found: dict[str, Found] | None = None) -> dict[str, Found]:
+    """Every element of each canonical name, looking inside vendor wrappers too; an element
+    that is `xsi:nil` is absent."""
+    found = {} if found is None else found
     for child in children(operation):
-        name = shape.aliases.get(local_name(child.tag), local_name(child.tag))
+        written = local_name(child.tag)
+        name = shape.aliases.get(written, written)
         if name in shape.wrappers:
-            for name, inner in collect(child, shape).items():
-                found.setdefault(name, inner)
-        elif name in shape.order:
-            found.setdefault(name, child)
+            collect(child, shape, found)
+        elif name in shape.order and not is_nil(child):
+            entry = found.setdefault(name, Found())
+            (entry.named if name == written else entry.aliased).append(child)
     return found
+
+
+def build_once(shape: Shape, name: str, sources: list[etree._Element], as_sent: AsSent) -> Node | None:
+    """The canonical element `name` of its every occurrence, which must agree: the same
+    value written twice is that value; two different values cannot be stored as either, so
+    they are a Client fault rather than one of them dropped."""
+    builder = shape.builders.get(name, plain)
+    first_sent: AsSent = {}
+    built = builder(sources[0], name, first_sent)
+    for source in sources[1:]:
+        again: AsSent = {}
+        if builder(source, name, again) != built or again != first_sent:
+            raise errors.ValidationError(f"{shape.operation} has {len(sources)} different {name} elements")
+    as_sent.update(first_sent)
+    return built
 
 
 def canonical_request(operation: etree._Element, as_sent: AsSent) -> Node:
@@ -307,7 +373,7 @@ def canonical_request(operation: etree._Element, as_sent: AsSent) -> Node:
     out = Node(shape.operation)
     for name in shape.order:
         if name in found:
-            built = shape.builders.get(name, plain)(found[name], name, as_sent)
+            built = build_once(shape, name, found[name].sources, as_sent)
             if built is not None and (built.text or built.children or built.attributes or name not in shape.mandatory):
                 out.children.append(built)
     present = {child.name for child in out.children}

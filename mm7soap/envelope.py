@@ -35,7 +35,9 @@ SERVED_OPERATIONS = tuple(SHAPES)
 
 NEXT_ACTOR = "http://schemas.xmlsoap.org/soap/actor/next"
 
-ENCODING_DECLARATION = re.compile(rb"^(\xef\xbb\xbf)?<\?xml[^>]*encoding\s*=\s*[\"']([^\"']+)[\"']")
+ENCODING_DECLARATION = re.compile(rb"^(\xef\xbb\xbf)?[ \t\r\n]*<\?xml[^>]*encoding\s*=\s*[\"']([^\"']+)[\"']")
+XML_WHITESPACE = b" \t\r\n"
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -113,6 +115,7 @@ def parse_xml(data: bytes, charset: str | None = None) -> etree._Element:
     """Parse the root part leniently as to charset, strictly as to everything else."""
     if not data.strip():
         raise errors.ValidationError("the request has no XML")
+    data = without_leading_space(data)
     try:
         root = etree.fromstring(data, make_parser())
     except (etree.XMLSyntaxError, LookupError) as exc:
@@ -128,6 +131,17 @@ def parse_xml(data: bytes, charset: str | None = None) -> etree._Element:
     if root.getroottree().docinfo.internalDTD is not None:
         raise errors.ValidationError("a DTD is not allowed in an MM7 request")
     return root
+
+
+def without_leading_space(data: bytes) -> bytes:
+    """The document without white space before its start (after any BOM).  libxml2 refuses
+    it before `<?xml` ("XML declaration allowed only at the start"), but nothing in such a
+    request is unclear, and a 4004 would lose it for good."""
+    bom = UTF8_BOM if data.startswith(UTF8_BOM) else b""
+    rest = data[len(bom) :]
+    if rest[:1] not in (b" ", b"\t", b"\r", b"\n"):
+        return data
+    return bom + rest.lstrip(XML_WHITESPACE)
 
 
 def raw_text(raw: bytes) -> str:
@@ -210,14 +224,25 @@ def read_reply(data: bytes, charset: str | None = None) -> Reply:
     return reply
 
 
+def only_operation(body: etree._Element) -> etree._Element:
+    """The Body's one element.  MM7 carries one request per envelope and answers it with one
+    response; of two requests in one Body neither can be acknowledged alone, so the request
+    is refused (4004) rather than one of them dropped."""
+    elements = children(body)
+    if not elements:
+        raise errors.ValidationError("the SOAP Body is empty")
+    if len(elements) > 1:
+        names = ", ".join(local_name(element.tag) for element in elements)
+        raise errors.ValidationError(f"the SOAP Body holds {len(elements)} elements ({names}); MM7 allows one")
+    return elements[0]
+
+
 def read(data: bytes, charset: str | None = None) -> ReadEnvelope:
     """Read the root XML part of a request into its canonical form, or raise an MM7Error."""
     header, body = split_envelope(parse_xml(data, charset))
     check_must_understand(header)
     transaction = transaction_id_of(header)
-    operation = next(iter(children(body)), None)
-    if operation is None:
-        raise errors.ValidationError("the SOAP Body is empty")
+    operation = only_operation(body)
     namespace = operation_namespace(operation, transaction)
     name = local_name(operation.tag)
     if name not in SERVED_OPERATIONS:

@@ -3,7 +3,6 @@ read (`mm7soap.types` objects), the values kept as sent, and what HTTP said."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -12,6 +11,8 @@ from typing import Any
 from mm7soap.content import MMContent
 from mm7soap.envelope import ReadEnvelope
 from mm7soap.mime import MimePart
+from mm7soap.resend import message_fingerprint, report_fingerprint
+from mm7soap.schema import MESSAGE_COLUMNS, PART_COLUMNS, READ_REPLY_COLUMNS, REPORT_COLUMNS
 from mm7soap.store import utc_timestamp
 from mm7soap.types import ADDRESS_KINDS
 
@@ -111,22 +112,26 @@ def report_columns(req: Any, read: ReadEnvelope, inbound: Inbound) -> dict[str, 
 
 def delivery_report_row(req: Any, read: ReadEnvelope, inbound: Inbound) -> dict[str, Any]:
     """The stored row of a delivery report: every field, as sent and normalised."""
-    return {
+    row = {
         **report_columns(req, read, inbound),
         "date_sent": read.as_sent.get("Date"),
         "date_utc": when(req.Date),
         "mm_status_extension": req.MMStatusExtension,
         **capabilities_columns(req, read),
     }
+    row["fingerprint"] = report_fingerprint(row, REPORT_COLUMNS)
+    return row
 
 
 def read_reply_row(req: Any, read: ReadEnvelope, inbound: Inbound) -> dict[str, Any]:
     """The stored row of a read reply: TimeStamp where a delivery report has Date."""
-    return {
+    row = {
         **report_columns(req, read, inbound),
         "time_stamp_sent": read.as_sent.get("TimeStamp"),
         "time_stamp_utc": when(req.TimeStamp),
     }
+    row["fingerprint"] = report_fingerprint(row, READ_REPLY_COLUMNS)
+    return row
 
 
 def recipient_entries(recipients: Any) -> list[dict[str, Any]]:
@@ -140,8 +145,9 @@ def recipient_entries(recipients: Any) -> list[dict[str, Any]]:
     return entries
 
 
-def previously_sent(req: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Previouslysentby and Previouslysentdateandtime, as JSON-ready lists."""
+def previously_sent(req: Any, read: ReadEnvelope) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Previouslysentby and Previouslysentdateandtime, as JSON-ready lists; each date as
+    sent, and in UTC when it is an xs:dateTime."""
     by = []
     for agent in (req.Previouslysentby.UserAgent or []) if req.Previouslysentby is not None else []:
         found = address_value(agent)
@@ -149,9 +155,13 @@ def previously_sent(req: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]
             by.append(address_entry(*found, sequence=agent.sequence))
     dates = []
     sent = req.Previouslysentdateandtime
-    for moment in (sent.DateTime or []) if sent is not None else []:
-        if moment.value is not None:
-            dates.append({"sequence": moment.sequence, "date_utc": utc_timestamp(moment.value)})
+    for index, moment in enumerate((sent.DateTime or []) if sent is not None else []):
+        entry = {
+            "sequence": moment.sequence,
+            "date_sent": read.as_sent.get(f"Previouslysentdateandtime/DateTime[{index}]"),
+            "date_utc": when(moment.value),
+        }
+        dates.append({key: value for key, value in entry.items() if value is not None})
     return by, dates
 
 
@@ -162,7 +172,7 @@ def as_json(items: list[dict[str, Any]]) -> str | None:
 def message_row(req: Any, read: ReadEnvelope, inbound: Inbound, content: MMContent) -> dict[str, Any]:
     """The stored row of an MO message (its parts are `part_rows`)."""
     recipients = recipient_entries(req.Recipients)
-    sent_by, sent_at = previously_sent(req)
+    sent_by, sent_at = previously_sent(req, read)
     reference = req.Content
     row = {
         "linked_id": req.LinkedID,
@@ -191,16 +201,8 @@ def message_row(req: Any, read: ReadEnvelope, inbound: Inbound, content: MMConte
         "content_bytes": sum(part.size for part in content.parts),
         **origin_columns(req, read, inbound),
     }
-    row["fingerprint"] = fingerprint(row, content)
+    row["fingerprint"] = message_fingerprint(row, MESSAGE_COLUMNS, part_rows(content), PART_COLUMNS)
     return row
-
-
-def fingerprint(row: dict[str, Any], content: MMContent) -> str:
-    """What makes an MO this MO and not another: who, to whom, when, what.  A resend has the
-    same fingerprint whatever TransactionID, MIME boundaries or Content-IDs it gets."""
-    identity = [row.get(name) for name in ("linked_id", "sender", "recipients", "time_stamp_sent", "subject")]
-    identity.append([part.sha256 for part in content.parts])
-    return hashlib.sha256(json.dumps(identity, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def part_rows(content: MMContent) -> list[dict[str, Any]]:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import sqlite_utils
 
+from mm7soap.resend import message_fingerprint, report_fingerprint, said_columns
+
 REPORTS = "delivery_reports"
 READ_REPLIES = "read_replies"
 MESSAGES = "messages"
@@ -57,6 +59,7 @@ REPORT_COLUMNS: dict[str, type] = {
     "ua_prof": str,
     "ua_timestamp": str,
     **ORIGIN_COLUMNS,
+    "fingerprint": str,  # sha256 of what the report says (mm7soap.resend), for recognising a resend
 }
 
 READ_REPLY_COLUMNS: dict[str, type] = {
@@ -72,6 +75,7 @@ READ_REPLY_COLUMNS: dict[str, type] = {
     "mms_relay_server_id": str,
     **APPLICATION_COLUMNS,
     **ORIGIN_COLUMNS,
+    "fingerprint": str,
 }
 
 # A mobile-originated MM (DeliverReq); its files are rows of PART_COLUMNS.
@@ -176,9 +180,33 @@ def migrate_4_messages(db: sqlite_utils.Database) -> None:
     db[PARTS].create_index(["message", "position"], index_name="message_parts_position", unique=True)
 
 
+def migrate_5_resend_is_the_same_content(db: sqlite_utils.Database) -> None:
+    # A resend is a request that says the same as a stored one (mm7soap.resend).  The indexes
+    # of migrations 1 and 3 took a report with the TransactionID and MessageID of a stored one
+    # (`Retrieved` after `Forwarded`, another recipient) for a resend, and it was lost (issue 17).
+    for table, columns in ((REPORTS, REPORT_COLUMNS), (READ_REPLIES, READ_REPLY_COLUMNS)):
+        db.execute(f"DROP INDEX IF EXISTS {table}_resend_by_transaction")
+        db.execute(f"DROP INDEX IF EXISTS {table}_resend_by_content")
+        if "fingerprint" not in db[table].columns_dict:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN fingerprint TEXT")
+        said = ", ".join(said_columns(columns))
+        for row in list(db.query(f"SELECT id, {said} FROM {table}")):
+            fingerprint = report_fingerprint(row, columns)
+            db.execute(f"UPDATE {table} SET fingerprint = ? WHERE id = ?", [fingerprint, row["id"]])
+        db.execute(f"CREATE UNIQUE INDEX {table}_resend ON {table} (fingerprint)")
+    # An MO's fingerprint now covers all it says, not only who, to whom, when and what.
+    said = ", ".join(said_columns(MESSAGE_COLUMNS))
+    labels = ", ".join(said_columns(PART_COLUMNS, frozenset({"data"})))
+    for row in list(db.query(f"SELECT id, {said} FROM {MESSAGES}")):
+        parts = list(db.query(f"SELECT {labels} FROM {PARTS} WHERE message = ? ORDER BY position", [row["id"]]))
+        fingerprint = message_fingerprint(row, MESSAGE_COLUMNS, parts, PART_COLUMNS)
+        db.execute(f"UPDATE {MESSAGES} SET fingerprint = ? WHERE id = ?", [fingerprint, row["id"]])
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     migrate_1_delivery_reports,
     migrate_2_health,
     migrate_3_read_replies,
     migrate_4_messages,
+    migrate_5_resend_is_the_same_content,
 )

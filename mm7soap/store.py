@@ -36,15 +36,16 @@ from mm7soap.schema import (
 )
 from mm7soap.settings import Settings
 
-# Every stored time: UTC, fixed width, so that text order is time order (`--since`).
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+# Every stored time: UTC, fixed width (`2026-11-27T19:31:53.207268Z`), so that text order
+# is time order (`--since`).
 
 
 def utc_timestamp(moment: datetime) -> str:
     """A time as stored; one without a zone is taken as UTC (Sinch sends UTC)."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime(TIMESTAMP_FORMAT)
+    # isoformat, not strftime: glibc's %Y writes year 1 as `1`, not `0001`.
+    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -108,13 +109,13 @@ class Store:
         return self._writes[1]
 
     def save_delivery_report(self, row: dict[str, Any]) -> Stored:
-        """Commit one delivery report durably, or find it already stored; StoreError otherwise."""
-        resent = resent_report_sql(REPORTS, "date_sent")
-        return self.writes.run(lambda db: insert_once(db, REPORTS, REPORT_COLUMNS, row, resent))
+        """Commit one delivery report durably, or find it already stored (`mm7soap.resend`);
+        StoreError otherwise."""
+        return self.writes.run(lambda db: insert_once(db, REPORTS, REPORT_COLUMNS, row, RESENT_REPORT_SQL[REPORTS]))
 
     def save_read_reply(self, row: dict[str, Any]) -> Stored:
-        """Commit one read reply, exactly as a delivery report (TimeStamp standing for Date)."""
-        resent = resent_report_sql(READ_REPLIES, "time_stamp_sent")
+        """Commit one read reply, exactly as a delivery report."""
+        resent = RESENT_REPORT_SQL[READ_REPLIES]
         return self.writes.run(lambda db: insert_once(db, READ_REPLIES, READ_REPLY_COLUMNS, row, resent))
 
     def save_message(self, row: dict[str, Any], parts: list[dict[str, Any]]) -> Stored:
@@ -212,14 +213,10 @@ class Store:
         return [dict(zip(columns, found, strict=True)) for found in self.db.execute(sql, [message]).fetchall()]
 
 
-def resent_report_sql(table: str, date_column: str) -> str:
-    """The row a report resends: same TransactionID, or same MessageID, Recipient, MMStatus
-    and date as sent (the table's unique indexes, as a query)."""
-    return (
-        f"SELECT id FROM {table} WHERE message_id = :message_id AND ((transaction_id = :transaction_id)"
-        f" OR (recipient IS :recipient AND mm_status = :mm_status"
-        f" AND ifnull({date_column}, '') = ifnull(:{date_column}, '')))"
-    )
+# The row a report resends: the one that says the same (the table's unique index, as a query).
+RESENT_REPORT_SQL = {
+    table: f"SELECT id FROM {table} WHERE fingerprint = :fingerprint" for table in REPORT_TABLES.values()
+}
 
 
 RESENT_MESSAGE_SQL = (
