@@ -137,6 +137,23 @@ class BadHttpError(ValidationError):
         self.http_status = http_status
 
 
+class UndecodableBodyError(ValidationError):
+    """A compressed body (Content-Encoding) that is corrupt or cut short: the client's fault, 400."""
+
+    http_status = 400
+
+
+class UnsupportedEncodingError(ValidationError):
+    """A Content-Encoding this endpoint cannot undo (br, compress, zstd, …): 415, and
+    `Accept-Encoding` lists the ones it can (RFC 7694)."""
+
+    http_status = 415
+
+    def __init__(self, details: str, supported: tuple[str, ...]) -> None:
+        super().__init__(details)
+        self.http_headers = (("Accept-Encoding", ", ".join(supported)),)
+
+
 class StoreError(MM7Error):
     """3000: the report could not be committed; the MMSC must retry, so never a 1000."""
 

@@ -228,7 +228,7 @@ class MM7ThreadWorker(ThreadWorker):  # type: ignore[misc]
             self.drop(conn, f"reset mid-request: {exc}")
             return
         if chunk == b"":
-            self.drop(conn, "closed by the client before its request was complete")
+            self.ended_early(conn)
             return
         if chunk:
             arriving.data += chunk
@@ -251,6 +251,21 @@ class MM7ThreadWorker(ThreadWorker):  # type: ignore[misc]
         conn.init()  # gunicorn's parser, which reads what is buffered before the socket
         conn.parser.unreader.unread(bytes(arriving.data))
         super().enqueue_req(conn)
+
+    def ended_early(self, conn: TConn) -> None:
+        """The client shut its side of the connection (or closed it) before its request was whole.
+
+        It may still be reading (a half-close, `shutdown(SHUT_WR)`), so a request that had
+        begun is refused as one that stalls is, 408; closing silently left it waiting for an
+        answer that never came. A connection that sent nothing asked nothing: it is just closed.
+        """
+        data = self.arriving[conn].data
+        if not data:
+            self.drop(conn, "closed by the client before it sent a request")
+            return
+        part = "body" if b"\r\n\r\n" in data else "request head"
+        error = errors.RequestTimeoutError(f"the client closed the connection before sending the whole {part}")
+        self.refuse(conn, 408, error)
 
     def murder_keepalived(self, force: bool = False) -> None:
         """Also closes the connections whose client stayed silent mid-request for too long."""

@@ -1,6 +1,6 @@
 """HTTP: the WSGI application an MMSC posts to.
 
-HTTP → here (route, who may post, body size and pace, MIME) → `service.Endpoint`
+HTTP → here (route, who may post, body size and pace, Content-Encoding, MIME) → `service.Endpoint`
 (SOAP/Spyne → service → store) → the answer.  Every answer but the WSDL and /health is a
 SOAP envelope in `text/xml`: refusals at the HTTP level are Faults too, with their own
 HTTP status.  `SOAPAction` is not looked at: MM7 dispatches on the Body's first child, and
@@ -17,7 +17,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
-from mm7soap import errors, mime
+from mm7soap import contentcoding, errors, mime
 from mm7soap.access import AccessPolicy
 from mm7soap.envelope import Reply
 from mm7soap.namespaces import DEFAULT_NAME, MM7_NAMESPACES
@@ -89,7 +89,10 @@ class MM7WsgiApp:
         if method != "POST":
             raise errors.MethodNotAllowedError(f"{method} is not an MM7 request; POST a SOAP envelope")
         client = self.access.check(environ)
-        body = mime.read_body(environ.get("CONTENT_TYPE", ""), self.read_body(environ))
+        received = self.read_body(environ)
+        # The size limit holds for the decoded body too: a bomb is refused as it inflates.
+        decoded = contentcoding.decode(environ.get("HTTP_CONTENT_ENCODING"), received, self.settings.max_body_bytes)
+        body = mime.read_body(environ.get("CONTENT_TYPE", ""), decoded)
         inbound = Inbound(
             raw_envelope=body.root.data,
             charset=body.root.charset,
