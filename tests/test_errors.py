@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import contextmanager
+
 import pytest
 
-from mm7soap.namespaces import MM7_NAMESPACES
-from tests.helpers import SINCH_CONTENT_TYPE, assert_fault, call, data, find_local
+from mm7soap.namespaces import MM7_NAMESPACES, SOAP_ENV
+from tests.helpers import SINCH_CONTENT_TYPE, assert_fault, call, data, find_local, template
 
 REL6 = MM7_NAMESPACES["REL-6-MM7-1-4"]
+REL5 = MM7_NAMESPACES["REL-5-MM7-1-2"]
 
 
 def test_not_well_formed_xml_is_a_client_fault_4004(app):
@@ -95,4 +99,91 @@ def test_unknown_path_is_404_in_soap(app):
     response = call(app, data("sinch_delivery_report.xml"), path="/elsewhere")
     assert response.status == 404
     assert response.find("Body/Fault") is not None
+    assert list(app.store.delivery_reports()) == []
+
+
+# --- what a Fault echoes of the request: namespace, MM7Version, TransactionID ---------------
+
+# Each request's MM7Version differs from its namespace's default (6.8.0 for REL-6-MM7-1-4,
+# 5.3.0 for the others), and REL-5-MM7-1-2 is not the namespace answered when none is read.
+REQUESTS_IN_KIND = pytest.mark.parametrize(
+    "namespace, version", [(REL5, "5.2.0"), (REL6, "6.5.0")], ids=["REL-5-MM7-1-2", "REL-6-MM7-1-4"]
+)
+
+
+def report_in(namespace: str, version: str, transaction_id: str) -> bytes:
+    return template(
+        "delivery_report_template.xml",
+        namespace=namespace,
+        version=version,
+        transaction_id=transaction_id,
+        message_id="msg-in-kind",
+        status="Retrieved",
+    )
+
+
+def assert_answered_in_kind(response, faultcode: str, status_code: int, namespace: str, version: str, tx: str) -> None:
+    """The Fault's VASPErrorRsp is in the request's namespace with its MM7Version, and its
+    TransactionID is echoed in that namespace with env:mustUnderstand="1"."""
+    error = assert_fault(response, faultcode, status_code, namespace)
+    assert find_local(error, "MM7Version").text == version
+    transaction = response.find("Header/TransactionID")
+    assert transaction is not None
+    assert transaction.tag == f"{{{namespace}}}TransactionID"
+    assert transaction.text == tx
+    assert transaction.get(f"{{{SOAP_ENV}}}mustUnderstand") == "1"
+
+
+@REQUESTS_IN_KIND
+def test_a_4004_fault_is_answered_in_the_requests_namespace_version_and_transaction(app, namespace, version):
+    body = report_in(namespace, version, "tx-no-status")
+    start, end = body.index(b"<mm7:MMStatus>"), body.index(b"</mm7:MMStatus>") + len(b"</mm7:MMStatus>")
+    response = call(app, body[:start] + body[end:])
+    assert_answered_in_kind(response, "Client", 4004, namespace, version, "tx-no-status")
+    assert "MMStatus" in response.text("Body/Fault/detail/VASPErrorRsp/Status/Details")
+    assert list(app.store.delivery_reports()) == []
+
+
+@contextmanager
+def store_refuses(app, monkeypatch):
+    app.store.db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON delivery_reports BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    yield
+
+
+@contextmanager
+def database_locked(app, monkeypatch):
+    blocker = sqlite3.connect(app.settings.database, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
+@contextmanager
+def service_explodes(app, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(app.store, "save_delivery_report", explode)
+    yield
+
+
+@pytest.mark.parametrize(
+    "failure, details",
+    [(store_refuses, "disk full"), (database_locked, "database is locked"), (service_explodes, "")],
+    ids=["store-refuses", "database-locked", "unexpected-exception"],
+)
+@REQUESTS_IN_KIND
+def test_a_3000_fault_after_reading_is_answered_in_the_requests_namespace_version_and_transaction(
+    app, monkeypatch, failure, details, namespace, version
+):
+    with failure(app, monkeypatch):
+        response = call(app, report_in(namespace, version, "tx-store-fails"))
+    assert_answered_in_kind(response, "Server", 3000, namespace, version, "tx-store-fails")
+    assert details in response.text("Body/Fault/detail/VASPErrorRsp/Status/Details")
+    assert b"secret internal detail" not in response.body
     assert list(app.store.delivery_reports()) == []

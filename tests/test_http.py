@@ -132,6 +132,41 @@ def guarded(make_app):
 def test_correct_basic_credentials_are_let_in(guarded):
     response = call(guarded, ENVELOPE, headers={"Authorization": basic("sinch", "s3cret:with:colons")})
     assert response.status == 200
+    assert response.find("Body/Fault") is None
+    assert response.text("Body/DeliveryReportRsp/Status/StatusCode") == "1000"
+    assert response.text("Header/TransactionID") == "tx-20261127-0042"
+    rows = list(guarded.store.delivery_reports())
+    assert len(rows) == 1
+    row = rows[0]
+    stored = {key: row[key] for key in ("message_id", "recipient", "mm_status", "transaction_id", "mm7_version")}
+    assert stored == {
+        "message_id": "481516234200000001",
+        "recipient": "15551230001",
+        "mm_status": "Retrieved",
+        "transaction_id": "tx-20261127-0042",
+        "mm7_version": "6.8.0",
+    }
+    assert row["client_address"] == "192.0.2.10"
+
+
+@pytest.mark.parametrize(
+    "user, password",
+    [
+        ("sinch", "s3cret:with:colonz"),  # the last character differs
+        ("sinch", "S3cret:with:colons"),  # only the case of the first differs
+        ("sinch", "snoloc:htiw:terc3s"),  # the same characters, reversed
+        ("sinca", "s3cret:with:colons"),  # a wrong user of the same length
+        ("Sinch", "s3cret:with:colons"),
+        ("hcnis", "s3cret:with:colons"),
+    ],
+)
+def test_wrong_credentials_of_the_right_length_are_401_and_nothing_is_stored(guarded, user, password):
+    assert (len(user), len(password)) == (len("sinch"), len("s3cret:with:colons"))
+    response = call(guarded, ENVELOPE, headers={"Authorization": basic(user, password)})
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="mm7soap"'
+    assert_fault(replace(response, status=500), "Client", 4001)
+    assert list(guarded.store.delivery_reports()) == []
 
 
 @pytest.mark.parametrize(
