@@ -86,7 +86,10 @@ def attribute_text(value: str) -> str:
 def is_nil(element: etree._Element) -> bool:
     """`xsi:nil="true"`: the element stands for no value, as if it were absent.  Matched by
     local name, as MMSCs bind the xsi prefix loosely."""
-    return any(local_name(key) == "nil" and attribute_text(value) in ("true", "1") for key, value in element.items())
+    attributes = element.items()  # most elements have none: no generator for them
+    return bool(attributes) and any(
+        local_name(key) == "nil" and attribute_text(value) in ("true", "1") for key, value in attributes
+    )
 
 
 def plain(source: etree._Element, name: str, as_sent: AsSent) -> Node:
@@ -322,7 +325,7 @@ DELIVER = Shape(
 SHAPES = {shape.operation: shape for shape in (DELIVERY_REPORT, READ_REPLY, DELIVER)}
 
 
-@dataclass
+@dataclass(slots=True)
 class Found:
     """The elements of one canonical name: written under that name, and under an alias."""
 

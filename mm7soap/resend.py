@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from functools import cache
 from typing import Any
 
 # Columns that tell copies of one request apart rather than say what it is.
@@ -27,23 +28,29 @@ MIME_NAMES = frozenset({"content_href", "content_id", "id", "message", "data", "
 
 
 def said_columns(columns: Iterable[str], also_not: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """The columns a request says, in a fixed order (the digest lists their values in it)."""
+    return known_said_columns(tuple(columns), also_not)
+
+
+@cache
+def known_said_columns(columns: tuple[str, ...], also_not: frozenset[str]) -> tuple[str, ...]:
     return tuple(sorted(column for column in columns if column not in NOT_SAID | also_not))
 
 
 def digest(items: Any) -> str:
-    return hashlib.sha256(json.dumps(items, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def report_fingerprint(row: dict[str, Any], columns: Iterable[str]) -> str:
     """What a delivery report or read reply says: every stored column but NOT_SAID."""
-    return digest([[column, row.get(column)] for column in said_columns(columns)])
+    return digest([row.get(column) for column in said_columns(columns)])
 
 
 def message_fingerprint(
     row: dict[str, Any], columns: Iterable[str], parts: list[dict[str, Any]], part_columns: Iterable[str]
 ) -> str:
     """What an MO says: its columns and, in order, each part's bytes (SHA-256) and labels."""
-    said: list[Any] = [[column, row.get(column)] for column in said_columns(columns, MIME_NAMES)]
+    said: list[Any] = [row.get(column) for column in said_columns(columns, MIME_NAMES)]
     labels = said_columns(part_columns, MIME_NAMES)
-    said.append([[[column, part.get(column)] for column in labels] for part in parts])
+    said.append([[part.get(column) for column in labels] for part in parts])
     return digest(said)
