@@ -17,6 +17,7 @@ REPORTS = "delivery_reports"
 READ_REPLIES = "read_replies"
 MESSAGES = "messages"
 PARTS = "message_parts"
+OUTBOX = "outbox"
 
 
 def address_columns(prefix: str) -> dict[str, type]:
@@ -203,10 +204,34 @@ def migrate_5_resend_is_the_same_content(db: sqlite_utils.Database) -> None:
         db.execute(f"UPDATE {MESSAGES} SET fingerprint = ? WHERE id = ?", [fingerprint, row["id"]])
 
 
+def migrate_6_outbox(db: sqlite_utils.Database) -> None:
+    # One event per stored request, written in the transaction that stores it (issue 18).
+    # `sequence` is the order of commits: SQLite has one writer at a time, so a sequence is
+    # never committed after a higher one, and `/events?after=` never skips an event.
+    db.execute(
+        f"CREATE TABLE {OUTBOX} ("
+        " sequence INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " event_id TEXT NOT NULL UNIQUE,"  # webhook-id: the same on every delivery of the event
+        " type TEXT NOT NULL,"  # delivery_report, read_reply, message
+        " source_id INTEGER NOT NULL,"  # the row's id in the type's table
+        " order_key TEXT,"  # MessageID: its events are delivered one after another, in order
+        " created_at TEXT NOT NULL,"  # the commit time, as received_at
+        " state TEXT NOT NULL DEFAULT 'pending',"  # pending, delivered, failed
+        " attempts INTEGER NOT NULL DEFAULT 0,"
+        " next_attempt_at TEXT NOT NULL,"
+        " lease_until TEXT,"  # a forwarder is delivering it until then
+        " last_attempt_at TEXT, last_status INTEGER, last_error TEXT, delivered_at TEXT)"
+    )
+    db.execute(f"CREATE INDEX outbox_pending ON {OUTBOX} (sequence) WHERE state = 'pending'")
+    db.execute(f"CREATE INDEX outbox_pending_order ON {OUTBOX} (order_key, sequence) WHERE state = 'pending'")
+    db.execute(f"CREATE INDEX outbox_state_created ON {OUTBOX} (state, created_at)")
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     migrate_1_delivery_reports,
     migrate_2_health,
     migrate_3_read_replies,
     migrate_4_messages,
     migrate_5_resend_is_the_same_content,
+    migrate_6_outbox,
 )

@@ -23,6 +23,7 @@ from mm7soap.envelope import Reply
 from mm7soap.settings import Settings
 from mm7soap.soap import fault_document
 from mm7soap.store import Store
+from mm7soap.supervisor import ForwarderProcess
 from mm7soap.wsgi import create_app
 
 
@@ -33,6 +34,16 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         store = Store(settings)
         store.migrate()
         store.close()  # workers open their own connections after the fork
+
+    forwarder = ForwarderProcess(settings) if settings.webhook_url else None
+
+    def when_ready(server: Any) -> None:
+        if forwarder is not None:
+            forwarder.start()
+
+    def on_exit(server: Any) -> None:
+        if forwarder is not None:
+            forwarder.stop()
 
     return {
         "bind": settings.bind,
@@ -55,6 +66,8 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "errorlog": "-",
         "preload_app": False,
         "on_starting": on_starting,
+        "when_ready": when_ready,
+        "on_exit": on_exit,
     }
 
 

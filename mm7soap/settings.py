@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "MM7SOAP_"
 
@@ -48,6 +51,22 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     # The VASP's ServiceCode put in every DeliverRsp (for charging); empty leaves it out.
     service_code: str = ""
+    # Hand-off (mm7soap.forwarder): every stored report, read reply and MO is POSTed here as
+    # a signed JSON event; empty means no forwarding (the events wait in the outbox).
+    webhook_url: str = ""
+    # The Standard Webhooks secret, `whsec_` and base64 (required with a URL).
+    webhook_secret: str = ""
+    # Seconds one delivery may take before it counts as failed and is retried.
+    webhook_timeout: float = 10.0
+    # Deliveries in flight at once, over keep-alive connections.
+    webhook_concurrency: int = 8
+    # Retries wait this many seconds, doubling each time (with jitter), up to the cap.
+    webhook_retry_first: float = 5.0
+    webhook_retry_cap: float = 600.0
+    # An event not delivered within this many seconds of its commit is `failed` (kept).
+    webhook_max_age: float = 24 * 3600.0
+    # 1: each event carries the raw SOAP envelope as text too.
+    webhook_include_raw: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -75,11 +94,48 @@ class Settings:
             ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
         if self.auth_password and not self.auth_user:
             raise ValueError("auth_password is set but auth_user is not")
+        if self.webhook_url:
+            check_webhook(self)
         return self
+
+    def environment(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """`base` (the process's environment) with every setting as its `MM7SOAP_*` variable,
+        so that a child process (the forwarder) reads exactly these settings."""
+        environment = dict(os.environ if base is None else base)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            environment[ENV_PREFIX + f.name.upper()] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return environment
 
     @property
     def bind(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+def check_webhook(settings: Settings) -> None:
+    """A webhook URL an HTTP client can post to, and a secret that signs (ValueError names
+    what is wrong, without repeating the secret)."""
+    url = urlsplit(settings.webhook_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError("webhook_url must be an http:// or https:// URL with a host")
+    if not settings.webhook_secret:
+        raise ValueError("webhook_url is set but webhook_secret is not (a Standard Webhooks secret, whsec_…)")
+    webhook_key(settings.webhook_secret)
+    if settings.webhook_concurrency < 1 or settings.webhook_timeout <= 0:
+        raise ValueError("webhook_concurrency must be at least 1 and webhook_timeout above 0")
+    if not 0 < settings.webhook_retry_first <= settings.webhook_retry_cap:
+        raise ValueError("webhook_retry_first must be above 0 and at most webhook_retry_cap")
+
+
+def webhook_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret: base64 after an optional `whsec_`."""
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("webhook_secret is not base64 (whsec_ followed by base64)") from None
+    if len(key) < 16:
+        raise ValueError("webhook_secret is shorter than 16 bytes")
+    return key
 
 
 def parse_value(type_name: str, raw: str) -> Any:

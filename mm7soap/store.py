@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlite_utils
 
-from mm7soap import errors
+from mm7soap import errors, outbox
 from mm7soap.commit import GroupCommit
 from mm7soap.connections import Connections
 from mm7soap.schema import (
@@ -64,6 +64,14 @@ class Stored:
 
     id: int
     duplicate: bool
+    received_at: str = ""  # when it was stored; empty for a resend
+
+
+def announced(db: sqlite_utils.Database, stored: Stored, event_type: str, order_key: str | None) -> Stored:
+    """A stored row's outbox event, in the same transaction; none for a resend."""
+    if not stored.duplicate:
+        outbox.record(db, event_type, stored.id, order_key, stored.received_at)
+    return stored
 
 
 class Store:
@@ -109,24 +117,33 @@ class Store:
         return self._writes[1]
 
     def save_delivery_report(self, row: dict[str, Any]) -> Stored:
-        """Commit one delivery report durably, or find it already stored (`mm7soap.resend`);
-        StoreError otherwise."""
-        return self.writes.run(lambda db: insert_once(db, REPORTS, REPORT_COLUMNS, row, RESENT_REPORT_SQL[REPORTS]))
+        """Commit one delivery report and its outbox event durably, or find it already stored
+        (`mm7soap.resend`); StoreError otherwise."""
+
+        def work(db: sqlite_utils.Database) -> Stored:
+            stored = insert_once(db, REPORTS, REPORT_COLUMNS, row, RESENT_REPORT_SQL[REPORTS])
+            return announced(db, stored, "delivery_report", row["message_id"])
+
+        return self.writes.run(work)
 
     def save_read_reply(self, row: dict[str, Any]) -> Stored:
         """Commit one read reply, exactly as a delivery report."""
-        resent = RESENT_REPORT_SQL[READ_REPLIES]
-        return self.writes.run(lambda db: insert_once(db, READ_REPLIES, READ_REPLY_COLUMNS, row, resent))
+
+        def work(db: sqlite_utils.Database) -> Stored:
+            stored = insert_once(db, READ_REPLIES, READ_REPLY_COLUMNS, row, RESENT_REPORT_SQL[READ_REPLIES])
+            return announced(db, stored, "read_reply", row["message_id"])
+
+        return self.writes.run(work)
 
     def save_message(self, row: dict[str, Any], parts: list[dict[str, Any]]) -> Stored:
-        """Commit an MO message and all its parts together, or nothing of it."""
+        """Commit an MO message, all its parts and its event together, or nothing of it."""
 
         def work(db: sqlite_utils.Database) -> Stored:
             stored = insert_once(db, MESSAGES, MESSAGE_COLUMNS, row, RESENT_MESSAGE_SQL)
             if not stored.duplicate:
                 for part in parts:
                     insert(db, PARTS, PART_COLUMNS, {**part, "message": stored.id})
-            return stored
+            return announced(db, stored, "message", None)
 
         return self.writes.run(work)
 
@@ -228,10 +245,14 @@ RESENT_MESSAGE_SQL = (
 def insert_once(
     db: sqlite_utils.Database, table: str, columns: dict[str, type], row: dict[str, Any], resent_sql: str
 ) -> Stored:
-    """Insert `row`, or find the row it resends (a unique index said so); StoreError otherwise."""
-    cursor = insert(db, table, columns, row, on_conflict="ON CONFLICT DO NOTHING")
+    """Insert `row`, or find the row it resends (a unique index said so); StoreError otherwise.
+
+    `received_at` is taken here, inside the write transaction, not when the request arrived:
+    writers take turns, so text order of `received_at` is commit order, as documented."""
+    received_at = utc_timestamp(datetime.now(timezone.utc))
+    cursor = insert(db, table, columns, {**row, "received_at": received_at}, on_conflict="ON CONFLICT DO NOTHING")
     if cursor.rowcount == 1:
-        return Stored(id=cursor.lastrowid or 0, duplicate=False)
+        return Stored(id=cursor.lastrowid or 0, duplicate=False, received_at=received_at)
     found = db.conn.execute(resent_sql, row).fetchone()
     if found is None:  # only a constraint we do not know about could get here
         raise errors.StoreError(f"the {table} row was neither stored nor found")

@@ -17,7 +17,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
-from mm7soap import contentcoding, errors, mime
+from mm7soap import contentcoding, errors, mime, outbox
 from mm7soap.access import AccessPolicy
 from mm7soap.envelope import Reply
 from mm7soap.namespaces import DEFAULT_NAME, MM7_NAMESPACES
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
 XML = "text/xml; charset=utf-8"
 HEALTH_PATH = "/health"
+EVENTS_PATH = "/events"
+EVENTS_LIMIT = 1000  # the most events one /events answer holds
 READ_CHUNK = 64 * 1024
 
 # The HTTP headers in which Sinch names the mobile operator (sinch.md §8); WSGI spells them so.
@@ -80,6 +82,8 @@ class MM7WsgiApp:
         path = environ.get("PATH_INFO", "") or "/"
         if path.rstrip("/") == HEALTH_PATH and method in ("GET", "HEAD"):
             return self.health()
+        if path.rstrip("/") == EVENTS_PATH and method == "GET":
+            return self.events(environ)
         if path.rstrip("/") not in self.endpoint_paths:
             raise errors.NotFoundError(f"no MM7 endpoint at {path}")
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
@@ -128,6 +132,21 @@ class MM7WsgiApp:
         report = {"status": "ok", "database": "writable"}
         return HttpAnswer(200, json.dumps(report).encode(), "application/json")
 
+    def events(self, environ: dict[str, Any]) -> HttpAnswer:
+        """`GET /events?after=SEQUENCE&limit=N`: the outbox's events after a sequence, for an
+        application that pulls rather than receives webhooks.  The same credentials and allow
+        list as the MM7 path; the answers are JSON, refusals too."""
+        try:
+            self.access.check(environ)
+            after, limit = events_query(environ.get("QUERY_STRING", ""))
+        except errors.MM7Error as exc:
+            status = exc.http_status or 400
+            body = json.dumps({"error": exc.details or exc.status_text}).encode()
+            return HttpAnswer(status, body, "application/json", list(exc.http_headers))
+        found = outbox.events_after(self.store.db, after, limit, bool(self.settings.webhook_include_raw))
+        next_after = found[-1]["sequence"] if found else after
+        return HttpAnswer(200, outbox.body({"events": found, "next_after": next_after}), "application/json")
+
     def read_body(self, environ: dict[str, Any]) -> bytes:
         """The request body, refused (413) past the size limit without reading it all, and
         dropped (408) when the client pauses longer than the read timeout."""
@@ -168,6 +187,18 @@ def read_up_to(stream: Any, size: int) -> bytes:
         chunks.append(chunk)
         remaining -= len(chunk)
     return b"".join(chunks)
+
+
+def events_query(query: str) -> tuple[int, int]:
+    """`after` (default 0) and `limit` (default 100, at most EVENTS_LIMIT) of /events."""
+    values = {key: found[-1] for key, found in parse_qs(query, keep_blank_values=True).items()}
+    try:
+        after, limit = int(values.get("after", "0")), int(values.get("limit", "100"))
+    except ValueError:
+        raise errors.ValidationError("after and limit must be whole numbers") from None
+    if after < 0 or not 1 <= limit <= EVENTS_LIMIT:
+        raise errors.ValidationError(f"after must be 0 or more, limit between 1 and {EVENTS_LIMIT}")
+    return after, limit
 
 
 def operator_id(environ: dict[str, Any]) -> str | None:

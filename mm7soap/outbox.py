@@ -1,0 +1,193 @@
+"""The outbox: one event per stored request, for the operator's application (issue 18).
+
+An event is written in the same transaction as the row it announces (`record`), so a 1000
+means the event exists, and a resend, which stores nothing, makes none.  The forwarder
+(`mm7soap.forwarder`) takes due events (`claim`), POSTs them, and writes what happened
+(`settle`): delivered, or retried later, or — past the maximum age — `failed`, a dead letter
+that is kept and can be retried by hand.  `/events` and `mm7soap outbox` read it too.
+
+Order: events with the same `order_key` (a report's MessageID) are claimed one at a time, in
+sequence order, so an application never sees `Forwarded` after `Retrieved`.  Events with
+other keys do not wait for each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import sqlite_utils
+
+from mm7soap.envelope import raw_text
+from mm7soap.schema import MESSAGES, OUTBOX, PART_COLUMNS, PARTS, READ_REPLIES, REPORTS
+
+# The event type of each stored request, and the table its row is in.
+TABLES = {"delivery_report": REPORTS, "read_reply": READ_REPLIES, "message": MESSAGES}
+STATES = ("pending", "delivered", "failed")
+# What an event carries of its row: every column but these (raw_envelope only on request).
+NOT_SENT = ("raw_envelope",)
+
+
+def now_text(moment: datetime | None = None) -> str:
+    """A time as every stored time is written (`mm7soap.store.utc_timestamp`)."""
+    moment = (moment or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def parse_text(text: str) -> datetime:
+    return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event as the forwarder delivers it."""
+
+    sequence: int
+    event_id: str
+    type: str
+    source_id: int
+    created_at: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one delivery attempt came to: delivered (a 2xx), or the reason it was not."""
+
+    sequence: int
+    delivered: bool
+    status: int | None = None
+    error: str | None = None
+
+
+def record(db: sqlite_utils.Database, type: str, source_id: int, order_key: str | None, created_at: str) -> int:
+    """Write the event of a row just inserted, in the caller's transaction; its sequence."""
+    cursor = db.conn.execute(
+        f"INSERT INTO {OUTBOX} (event_id, type, source_id, order_key, created_at, next_attempt_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [f"evt_{uuid.uuid4().hex}", type, source_id, order_key, created_at, created_at],
+    )
+    return int(cursor.lastrowid or 0)
+
+
+CLAIM_SQL = f"""
+SELECT sequence, event_id, type, source_id, created_at, attempts FROM {OUTBOX} AS o
+WHERE state = 'pending' AND next_attempt_at <= :now AND (lease_until IS NULL OR lease_until <= :now)
+  AND (order_key IS NULL OR NOT EXISTS (
+      SELECT 1 FROM {OUTBOX} AS earlier
+      WHERE earlier.state = 'pending' AND earlier.order_key = o.order_key AND earlier.sequence < o.sequence))
+ORDER BY sequence LIMIT :limit
+"""
+
+
+def claim(db: sqlite_utils.Database, limit: int, lease_seconds: float) -> list[Event]:
+    """Take up to `limit` due events for delivery, leased for `lease_seconds`: another
+    forwarder skips them until then, and takes them over if this one died."""
+    now = datetime.now(timezone.utc)
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = db.conn.execute(CLAIM_SQL, {"now": now_text(now), "limit": limit}).fetchall()
+        events = [Event(*row) for row in rows]
+        lease = now_text(now + timedelta(seconds=lease_seconds))
+        db.conn.executemany(
+            f"UPDATE {OUTBOX} SET lease_until = ? WHERE sequence = ?", [(lease, e.sequence) for e in events]
+        )
+        db.conn.execute("COMMIT")
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+    return events
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """When a failed delivery is tried again, and when an event is given up."""
+
+    first: float
+    cap: float
+    max_age: float
+
+    def delay(self, attempts: int, jitter: float) -> float:
+        """Exponential from `first`, capped; `jitter` in [0, 1) spreads retries over ±50%."""
+        return min(self.cap, self.first * 2 ** max(attempts - 1, 0)) * (0.5 + jitter)
+
+
+def settle(db: sqlite_utils.Database, events: list[tuple[Event, Outcome]], backoff: Backoff, jitter: Any) -> None:
+    """Write the outcomes of deliveries in one transaction."""
+    now = datetime.now(timezone.utc)
+    stamp = now_text(now)
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        for event, outcome in events:
+            attempts = event.attempts + 1
+            if outcome.delivered:
+                db.conn.execute(
+                    f"UPDATE {OUTBOX} SET state = 'delivered', delivered_at = ?, attempts = ?, last_attempt_at = ?,"
+                    " last_status = ?, last_error = NULL, lease_until = NULL WHERE sequence = ?",
+                    [stamp, attempts, stamp, outcome.status, event.sequence],
+                )
+                continue
+            given_up = now - parse_text(event.created_at) >= timedelta(seconds=backoff.max_age)
+            retry_at = now_text(now + timedelta(seconds=backoff.delay(attempts, jitter())))
+            db.conn.execute(
+                f"UPDATE {OUTBOX} SET state = ?, next_attempt_at = ?, attempts = ?, last_attempt_at = ?,"
+                " last_status = ?, last_error = ?, lease_until = NULL WHERE sequence = ?",
+                ["failed" if given_up else "pending", retry_at, attempts, stamp, outcome.status, outcome.error,
+                 event.sequence],
+            )  # fmt: skip
+        db.conn.execute("COMMIT")
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+
+
+def payload(db: sqlite_utils.Database, event: Event, include_raw: bool = False) -> dict[str, Any]:
+    """The JSON body of an event: its type, id, sequence and time, and its row's columns
+    under their own names in `data`; an MO's parts with their bytes in base64."""
+    table = TABLES[event.type]
+    found = db.execute(f"SELECT * FROM {table} WHERE id = ?", [event.source_id])
+    names = [column[0] for column in found.description]
+    row = dict(zip(names, found.fetchone() or (), strict=False))
+    data = {name: value for name, value in row.items() if name not in NOT_SENT}
+    if include_raw and isinstance(row.get("raw_envelope"), bytes):
+        data["raw_envelope"] = raw_text(row["raw_envelope"])
+    if event.type == "message":
+        data["parts"] = message_parts(db, event.source_id)
+    return {
+        "type": event.type,
+        "id": event.event_id,
+        "sequence": event.sequence,
+        "timestamp": event.created_at,
+        "data": data,
+    }
+
+
+def message_parts(db: sqlite_utils.Database, message: int) -> list[dict[str, Any]]:
+    columns = [c for c in PART_COLUMNS if c not in ("id", "message")]
+    rows = db.execute(f"SELECT {', '.join(columns)} FROM {PARTS} WHERE message = ? ORDER BY position", [message])
+    parts = []
+    for found in rows.fetchall():
+        part = dict(zip(columns, found, strict=True))
+        part["data"] = base64.b64encode(part["data"]).decode("ascii")
+        parts.append(part)
+    return parts
+
+
+def events_after(db: sqlite_utils.Database, after: int, limit: int, include_raw: bool = False) -> list[dict]:
+    """The events after sequence `after`, in sequence order, as the webhook would send them."""
+    rows = db.execute(
+        f"SELECT sequence, event_id, type, source_id, created_at, attempts FROM {OUTBOX}"
+        " WHERE sequence > ? ORDER BY sequence LIMIT ?",
+        [after, limit],
+    ).fetchall()
+    return [payload(db, Event(*row), include_raw) for row in rows]
+
+
+def body(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

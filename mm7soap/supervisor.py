@@ -1,0 +1,56 @@
+"""The forwarder beside gunicorn: one command still starts everything (issue 18).
+
+When a webhook URL is set, gunicorn's master (`mm7soap serve`, or `gunicorn -c
+gunicorn.conf.py`) starts `python -m mm7soap.forwarder` once it is ready, starts it again if
+it dies (after a pause, so a forwarder that cannot start does not spin), and stops it when
+the master exits.  It is a process of its own, so a slow receiver never takes a worker's CPU
+or memory, and killing it loses nothing: its leased events are delivered after the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+
+from mm7soap.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RESTART_PAUSE = 1.0
+STOP_SECONDS = 15.0
+
+
+class ForwarderProcess:
+    def __init__(self, settings: Settings) -> None:
+        self.environment = settings.environment()
+        self.stopping = threading.Event()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        threading.Thread(target=self.watch, name="forwarder-watch", daemon=True).start()
+
+    def watch(self) -> None:
+        while not self.stopping.is_set():
+            with self.lock:
+                if self.stopping.is_set():
+                    return
+                self.process = subprocess.Popen([sys.executable, "-m", "mm7soap.forwarder"], env=self.environment)
+            code = self.process.wait()  # 0 also when gunicorn's master reaped it first
+            if not self.stopping.is_set():
+                log.error("the forwarder stopped (exit %s); starting it again", code)
+                self.stopping.wait(RESTART_PAUSE)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping.set()
+            process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()  # it finishes the deliveries in flight
+        try:
+            process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
