@@ -14,6 +14,7 @@ microseconds to make (each new one is a document of its own), and a report needs
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ RECIPIENT_LISTS = ("To", "Cc", "Bcc")
 
 # What XML calls white space; Python's str.strip() would also take e.g. a no-break space.
 XML_WHITESPACE = " \t\r\n"
+# An xs:unsignedInt: ASCII digits (str.isdigit() also takes `²`, which int() refuses).
+SEQUENCE = re.compile(r"[0-9]{1,10}")
 BOOLEANS = {"true": "true", "1": "true", "false": "false", "0": "false"}
 
 
@@ -156,9 +159,7 @@ def address_values(source: etree._Element, alone: bool = False) -> list[Node]:
 def bare_address(source: etree._Element) -> list[Node]:
     """A bare-text address (China Mobile's `<Sender>1065580001</Sender>`): an
     RFC2822Address when it looks like one (has `@`), a Number otherwise."""
-    if any(local_name(child.tag) in ADDRESS_KINDS for child in children(source)):
-        return []  # address elements, all empty: no address, not their markup as text
-    bare = text_of(source)
+    bare = text_of(source)  # address elements here are all empty: they add no text
     return [Node("RFC2822Address" if "@" in bare else "Number", bare)] if bare else []
 
 
@@ -212,7 +213,7 @@ def sequenced(item: str, builder: Builder) -> Builder:
                 built = Node(item)
             if built is not None:
                 sequence = next((v for k, v in entry.attrib.items() if local_name(k) == "sequence"), None)
-                if sequence is not None and attribute_text(sequence).isdigit():
+                if sequence is not None and SEQUENCE.fullmatch(attribute_text(sequence)):
                     built.attributes["sequence"] = attribute_text(sequence)
                 as_sent.update({f"{name}/{key}[{len(out.children)}]": value for key, value in entry_sent.items()})
                 out.children.append(built)

@@ -40,10 +40,15 @@ def decode(content_encoding: str | None, body: bytes, limit: int) -> bytes:
 
 
 def looks_plain(body: bytes) -> bool:
-    """Whether `body` starts as XML (`<`) or a MIME multipart (`--`) does, after any BOM and
-    white space.  No gzip or zlib stream starts so."""
-    start = body.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
-    return start.startswith((b"<", b"--"))
+    """Whether `body` starts as text does: its first bytes (after any BOM) printable ASCII or
+    white space, as XML, a MIME boundary or a MIME preamble ("This is a multi-part message")
+    are.  A gzip, zlib, raw deflate or brotli stream has binary bytes within its first few."""
+    start = body.removeprefix(b"\xef\xbb\xbf")[:PLAIN_PREFIX]
+    return bool(start) and all(byte in PLAIN_BYTES for byte in start)
+
+
+PLAIN_PREFIX = 64
+PLAIN_BYTES = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
 
 
 def undo_codings(content_encoding: str | None, body: bytes, limit: int) -> bytes:

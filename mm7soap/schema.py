@@ -7,7 +7,7 @@ fixed width, so that text order is time order (`--since`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import sqlite_utils
 
@@ -190,18 +190,31 @@ def migrate_5_resend_is_the_same_content(db: sqlite_utils.Database) -> None:
         db.execute(f"DROP INDEX IF EXISTS {table}_resend_by_content")
         if "fingerprint" not in db[table].columns_dict:
             db.execute(f"ALTER TABLE {table} ADD COLUMN fingerprint TEXT")
-        said = ", ".join(said_columns(columns))
-        for row in list(db.query(f"SELECT id, {said} FROM {table}")):
-            fingerprint = report_fingerprint(row, columns)
-            db.execute(f"UPDATE {table} SET fingerprint = ? WHERE id = ?", [fingerprint, row["id"]])
+        for rows in batches(db, table, said_columns(columns)):
+            updates = [(report_fingerprint(row, columns), row["id"]) for row in rows]
+            db.conn.executemany(f"UPDATE {table} SET fingerprint = ? WHERE id = ?", updates)
         db.execute(f"CREATE UNIQUE INDEX {table}_resend ON {table} (fingerprint)")
     # An MO's fingerprint now covers all it says, not only who, to whom, when and what.
-    said = ", ".join(said_columns(MESSAGE_COLUMNS))
     labels = ", ".join(said_columns(PART_COLUMNS, frozenset({"data"})))
-    for row in list(db.query(f"SELECT id, {said} FROM {MESSAGES}")):
-        parts = list(db.query(f"SELECT {labels} FROM {PARTS} WHERE message = ? ORDER BY position", [row["id"]]))
-        fingerprint = message_fingerprint(row, MESSAGE_COLUMNS, parts, PART_COLUMNS)
-        db.execute(f"UPDATE {MESSAGES} SET fingerprint = ? WHERE id = ?", [fingerprint, row["id"]])
+    for rows in batches(db, MESSAGES, said_columns(MESSAGE_COLUMNS)):
+        for row in rows:
+            parts = list(db.query(f"SELECT {labels} FROM {PARTS} WHERE message = ? ORDER BY position", [row["id"]]))
+            fingerprint = message_fingerprint(row, MESSAGE_COLUMNS, parts, PART_COLUMNS)
+            db.execute(f"UPDATE {MESSAGES} SET fingerprint = ? WHERE id = ?", [fingerprint, row["id"]])
+
+
+def batches(db: sqlite_utils.Database, table: str, columns: tuple[str, ...], size: int = 2000) -> Iterator[list[dict]]:
+    """A table's rows in id order, `size` at a time: a migration of millions of rows holds
+    one batch in memory, not the table."""
+    last = 0
+    while True:
+        rows = list(
+            db.query(f"SELECT id, {', '.join(columns)} FROM {table} WHERE id > ? ORDER BY id LIMIT ?", [last, size])
+        )
+        if not rows:
+            return
+        yield rows
+        last = rows[-1]["id"]
 
 
 def migrate_6_outbox(db: sqlite_utils.Database) -> None:

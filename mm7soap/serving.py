@@ -273,7 +273,7 @@ class MM7ThreadWorker(ThreadWorker):  # type: ignore[misc]
         answer that never came. A connection that sent nothing asked nothing: it is just closed.
         """
         data = self.arriving[conn].data
-        if not data:
+        if not data.strip(b"\r\n"):  # blank lines before a request line are not one (RFC 9112 §2.2)
             self.drop(conn, "closed by the client before it sent a request")
             return
         part = "body" if b"\r\n\r\n" in data else "request head"

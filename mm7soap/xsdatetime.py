@@ -14,6 +14,7 @@ from __future__ import annotations
 import calendar
 import re
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 
 # The lexical form: a year of four digits or more (no leading zero past four), two-digit
 # month, day, hour, minute and second, an optional fraction of any length, an optional zone.
@@ -26,6 +27,7 @@ PATTERN = re.compile(
 LONGEST_OFFSET = timedelta(hours=14)
 
 
+@lru_cache(maxsize=256)  # each date is read twice: by `canonical`, then by `binding`
 def parse(text: str) -> datetime | None:
     """The time `text` names: aware when it has a zone, naive (meant as UTC) when not; None
     when it is not an xs:dateTime, or names a time outside what `datetime` can hold."""
@@ -33,6 +35,8 @@ def parse(text: str) -> datetime | None:
     if match is None:
         return None
     year, month, day, hour, minute, second, fraction, zone = match.groups()
+    if len(year.lstrip("-")) > 4:  # valid, but past 9999: no time `datetime` holds (and int()
+        return None  # refuses a year of thousands of digits)
     numbers = int(year), int(month), int(day), int(hour), int(minute), int(second)
     if not valid_fields(*numbers, fraction):
         return None

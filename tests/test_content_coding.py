@@ -183,6 +183,17 @@ def test_a_plain_body_under_a_coding_label_is_taken_as_it_is(app, encoding, befo
     assert row["raw_envelope"] == before + ENVELOPE
 
 
+@pytest.mark.parametrize("encoding", ["8bit", "binary", "gzip"])
+def test_a_plain_mime_body_with_a_preamble_under_a_coding_label_is_taken_as_it_is(app, encoding):
+    body = multipart(
+        [part(["Content-Type: text/xml"], ENVELOPE)], "b0undary", "\r\n", b"This is a multi-part message.\r\n"
+    )
+    response = call(
+        app, body, content_type='multipart/related; boundary="b0undary"', headers={"Content-Encoding": encoding}
+    )
+    acknowledged(response)
+
+
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     port, database = free_port(), tmp_path / "live.db"

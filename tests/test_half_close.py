@@ -111,3 +111,14 @@ def test_a_half_close_before_any_request_is_closed_without_an_answer(service, ke
     answer, waited = half_close_after(service, b"", kept_alive)
     assert answer == b""
     assert waited < ANSWERED_WITHIN
+
+
+def test_a_blank_line_after_a_whole_request_then_a_half_close_gets_only_its_answer(service):
+    """A CRLF after a request is not the start of another (RFC 9112 §2.2): the client gets
+    its 200 and then the close, not a 408 for a request it never began."""
+    with socket.create_connection(("127.0.0.1", service.port), timeout=SOCKET_TIMEOUT) as sock:
+        sock.sendall(request(delivery_report("blank-line-after")) + b"\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_until_closed(sock)
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
+    assert parsed(answer).status == 200

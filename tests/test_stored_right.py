@@ -182,6 +182,11 @@ def test_a_message_id_with_markup_is_stored_whole_and_matches_later_reports(app)
     assert [r["message_id"] for r in app.store.delivery_reports(message_id="msg-77-x")] == ["msg-77-x"]
 
 
+def test_a_bare_text_address_beside_an_empty_address_element_is_the_address(app):
+    acknowledged(app, report(Sender="<Sender>24680<ShortCode/></Sender>"))
+    assert (reports(app)[0]["sender"], reports(app)[0]["sender_kind"]) == ("24680", "Number")
+
+
 def test_a_bare_text_address_with_markup_is_stored_whole(app):
     acknowledged(app, report(Sender="<Sender>2468<b>0</b></Sender>"))
     assert reports(app)[0]["sender"] == "24680"
@@ -278,6 +283,28 @@ def test_calendar_and_range_limits_of_a_report_date(app, sent, utc):
     acknowledged(app, report(Date=f"<Date>{sent}</Date>"))
     row = reports(app)[0]
     assert (row["date_sent"], row["date_utc"]) == (sent, utc)
+
+
+def test_values_too_long_for_int_are_stored_as_sent_not_a_3000(app):
+    """Python's int() refuses more than 4300 digits: a year or a sequence of that length is
+    still a request the service understands."""
+    date = "2" * 5000 + "-01-01T00:00:00Z"
+    acknowledged(app, report(Date=f"<Date>{date}</Date>"))
+    assert (reports(app)[0]["date_sent"], reports(app)[0]["date_utc"]) == (date, None)
+    sequences = '<UserAgent sequence="²"><Number>1</Number></UserAgent>'
+    sequences += f'<UserAgent sequence="{"9" * 5000}"><Number>2</Number></UserAgent>'
+    acknowledged(app, deliver_envelope(f"<Previouslysentby>{sequences}</Previouslysentby>"), "DeliverRsp")
+    [message] = app.store.messages()
+    assert [entry["address"] for entry in json.loads(message["previously_sent_by"])] == ["1", "2"]
+
+
+def test_the_migration_reads_a_table_a_batch_at_a_time(app):
+    from mm7soap.schema import batches
+
+    for number in range(7):
+        acknowledged(app, report(tx=f"tx-{number}", MessageID=f"<MessageID>m-{number}</MessageID>"))
+    sizes = [len(rows) for rows in batches(app.store.db, "delivery_reports", ("message_id",), size=3)]
+    assert sizes == [3, 3, 1]
 
 
 def test_an_impossible_date_in_every_date_field_is_stored_as_sent(app):
