@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -12,6 +16,7 @@ from typing import Any
 
 import click
 
+from mm7soap import outbox_admin
 from mm7soap.checks import Outcome, send_many
 from mm7soap.checks import send as send_one
 from mm7soap.content import write_parts
@@ -80,9 +85,10 @@ def serve(database: str | None, host: str | None, port: int | None, path: str | 
     Example:
         mm7soap serve --database /var/lib/mm7soap/mm7soap.db --host 0.0.0.0 --port 8080
     """
+    from mm7soap.serving import configured
     from mm7soap.serving import serve as run
 
-    run(Settings.from_env(database=database, host=host, port=port, path=path, workers=workers))
+    run(configured(database=database, host=host, port=port, path=path, workers=workers))
 
 
 @cli.command()
@@ -246,11 +252,16 @@ def print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], as_json: bo
     if as_json:
         click.echo(json.dumps([json_ready(row) for row in rows], indent=2, ensure_ascii=False))
         return
-    widths = {c: max([len(c)] + [len(str(r.get(c) or "")) for r in rows]) for c in columns}
+    widths = {c: max([len(c)] + [len(cell(r.get(c))) for r in rows]) for c in columns}
     click.echo("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
     click.echo("  ".join("-" * widths[c] for c in columns))
     for row in rows:
-        click.echo("  ".join(str(row.get(c) or "").ljust(widths[c]) for c in columns).rstrip())
+        click.echo("  ".join(cell(row.get(c)).ljust(widths[c]) for c in columns).rstrip())
+
+
+def cell(value: Any) -> str:
+    """A value in a table: empty for NULL, but 0 shown as 0."""
+    return "" if value is None else str(value)
 
 
 @cli.command()
@@ -365,3 +376,180 @@ def print_summary(outcomes: list[Outcome], seconds: float) -> None:
     failures = Counter(check.name for outcome in outcomes for check in outcome.checks if not check.passed)
     for name, times in failures.most_common():
         click.echo(f"FAIL  {name}: {times}")
+
+
+class ConfigError(click.ClickException):
+    """A command that cannot run as configured (settings, database path): exit 2, like a usage error."""
+
+    exit_code = 2
+
+
+def checked_settings(**overrides: Any) -> Settings:
+    """The settings, or a clean error naming what is wrong (the messages never repeat a secret)."""
+    try:
+        return Settings.from_env(**overrides)
+    except ValueError as exc:
+        raise ConfigError(f"bad settings: {exc}") from None
+
+
+@contextmanager
+def existing_store(database: str | None) -> Iterator[Store]:
+    """The Store of a database that exists: an outbox command never creates an empty one at a
+    mistyped path (it would answer "no events" about the wrong file)."""
+    settings = checked_settings(database=database)
+    if settings.database != ":memory:" and not Path(settings.database).is_file():
+        raise ConfigError(f"no database at {settings.database} (give -d/--database or set MM7SOAP_DATABASE)")
+    try:
+        with Store(settings) as store:
+            yield store
+    except sqlite3.DatabaseError as exc:
+        raise click.ClickException(f"cannot use the database {settings.database}: {exc}") from None
+
+
+@cli.command()
+@database_option
+def forward(database: str | None) -> None:
+    """Deliver stored events to the webhook until stopped.
+
+    Each stored report, read reply and MO message is POSTed to MM7SOAP_WEBHOOK_URL as an
+    event signed with MM7SOAP_WEBHOOK_SECRET; SIGTERM or Ctrl-C let the deliveries in flight
+    finish first.
+
+    `mm7soap serve` (and gunicorn -c gunicorn.conf.py) already run the forwarder beside the
+    workers when a webhook URL is set: run this one on its own, e.g. as its own service.
+
+    \b
+    Example:
+        mm7soap forward --database /var/lib/mm7soap/mm7soap.db
+    """
+    from mm7soap import forwarder
+
+    settings = checked_settings(database=database)
+    if not settings.webhook_url:
+        raise ConfigError("no webhook URL: set MM7SOAP_WEBHOOK_URL and MM7SOAP_WEBHOOK_SECRET to forward events")
+    with existing_store(database) as store:
+        store.migrate()  # the outbox of a database written by an earlier release
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s [forwarder] %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per delivery, nor the URL's password
+    forwarder.run_forever(settings)
+
+
+OUTBOX_TABLE = ("sequence", "state", "type", "source_id", "order_key", "created_at", "attempts", "last_error")
+
+
+def outbox_database(database: str | None) -> str | None:
+    """A subcommand's -d, else the one given to `mm7soap outbox`."""
+    parent = click.get_current_context().parent
+    return database or (parent.params.get("database") if parent is not None else None)
+
+
+@cli.group(invoke_without_command=True)
+@database_option
+@click.option("--errors", type=click.IntRange(min=0), default=5, show_default=True, help="Distinct errors shown.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def outbox(ctx: click.Context, database: str | None, errors: int, as_json: bool) -> None:
+    """Summarise the webhook's events; list, retry and prune them.
+
+    The summary: how many events are pending, delivered and failed, how old the oldest
+    pending one is, and the last distinct errors of the events not delivered.
+
+    \b
+    Example:
+        mm7soap outbox --database /var/lib/mm7soap/mm7soap.db
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    with existing_store(database) as store:
+        found = outbox_admin.summary(store.db, errors)
+    if as_json:
+        click.echo(json.dumps(found.as_dict(), indent=2))
+        return
+    for state, count in found.counts.items():
+        line = f"{state.ljust(9)}  {count:>6}"
+        if state == "pending" and found.oldest_pending_age is not None:
+            age = outbox_admin.age_text(found.oldest_pending_age)
+            line += f"  oldest: sequence {found.oldest_pending_sequence}, {age} old"
+        click.echo(line)
+    if found.errors:
+        click.echo("\nlast errors of events not delivered, newest first:")
+        rows = [{"events": e.count, "last_seen": e.newest, "error": e.error} for e in found.errors]
+        print_rows(rows, ("events", "last_seen", "error"), as_json=False)
+
+
+@outbox.command("list")
+@database_option
+@click.option("--state", type=click.Choice(outbox_admin.STATES), help="Only events in this state.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, every column of the outbox.")
+def outbox_list(database: str | None, state: str | None, limit: int, as_json: bool) -> None:
+    """List the outbox's events, newest first.
+
+    \b
+    Example:
+        mm7soap outbox list --state failed --limit 20
+    """
+    with existing_store(outbox_database(database)) as store:
+        rows = outbox_admin.events(store.db, state, limit)
+    print_rows(rows, OUTBOX_TABLE, as_json)
+
+
+@outbox.command("retry")
+@database_option
+@click.argument("sequence", type=int, required=False)
+@click.option("--failed", is_flag=True, help="Retry every failed event.")
+def outbox_retry(database: str | None, sequence: int | None, failed: bool) -> None:
+    """Deliver an event again: SEQUENCE, or every failed event.
+
+    The event SEQUENCE (failed, or delivered: it is sent again with the same webhook-id), or
+    with --failed every failed event, is made pending again and due now. A pending event is
+    left as it is. The receiver gets it late, after later ones: its sequence tells.
+
+    \b
+    Example:
+        mm7soap outbox retry --failed
+    """
+    if (sequence is None) == (not failed):
+        raise click.UsageError("give one SEQUENCE or --failed")
+    with existing_store(outbox_database(database)) as store:
+        done = outbox_admin.retry(store.db, sequence, failed)
+    if failed:
+        click.echo(f"{done.count} failed event{'' if done.count == 1 else 's'} made pending again")
+    elif done.previous is None:
+        raise click.ClickException(f"no event {sequence}")
+    elif done.previous == "pending":
+        click.echo(f"event {sequence} is already pending: nothing changed")
+    else:
+        click.echo(f"event {sequence} was {done.previous}; it is pending again")
+
+
+@outbox.command("prune")
+@database_option
+@click.option(
+    "--older-than",
+    required=True,
+    callback=lambda ctx, param, value: parse_age(value),
+    help="Delete delivered events delivered longer ago than this: a number and s, m, h or d (7d).",
+)
+@click.option("--batch", type=click.IntRange(min=1), default=1000, show_default=True, help="Deleted per transaction.")
+def outbox_prune(database: str | None, older_than: float, batch: int) -> None:
+    """Delete events delivered longer ago than --older-than.
+
+    Only delivered events are deleted, in short transactions so that reports keep being
+    stored meanwhile; pending and failed ones never are, nor the stored reports and
+    messages themselves.
+
+    \b
+    Example:
+        mm7soap outbox prune --older-than 7d
+    """
+    with existing_store(outbox_database(database)) as store:
+        deleted = outbox_admin.prune(store.db, older_than, batch)
+    click.echo(f"deleted {deleted} delivered event{'' if deleted == 1 else 's'}")
+
+
+def parse_age(value: str) -> float:
+    try:
+        return outbox_admin.parse_age(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None

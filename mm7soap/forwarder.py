@@ -27,7 +27,7 @@ import httpx
 
 from mm7soap import outbox, webhooks
 from mm7soap.outbox import Backoff, Event, Outcome
-from mm7soap.settings import Settings, webhook_key
+from mm7soap.settings import Settings, check_webhook, webhook_key
 from mm7soap.store import Store
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # How long the loop waits for a delivery to finish, or for new events when there are none.
 POLL_SECONDS = 0.05
 IDLE_SECONDS = 0.2
+# An attempt still unanswered after this many timeouts is given up and retried (httpx's timeout
+# bounds each read, not the whole answer); its lease is renewed meanwhile.
+ATTEMPT_DEADLINE_FACTOR = 12
 
 
 class Forwarder:
@@ -43,6 +46,9 @@ class Forwarder:
     def __init__(self, settings: Settings, store: Store | None = None, client: httpx.Client | None = None) -> None:
         if not settings.webhook_url:
             raise ValueError("no webhook_url: set MM7SOAP_WEBHOOK_URL to forward events")
+        # Settings made in code skip `Settings.checked`: an ftp:// URL would otherwise fail
+        # every attempt quietly until max age, rather than at start.
+        check_webhook(settings)
         self.settings = settings
         self.key = webhook_key(settings.webhook_secret)
         self.store = store or Store(settings)
@@ -89,31 +95,46 @@ class Forwarder:
     def run(self, *, until_drained: bool = False) -> None:
         """Deliver until `stop()` (or, with `until_drained`, until no event is pending)."""
         capacity = 2 * self.settings.webhook_concurrency  # claimed ahead, so no thread idles
-        in_flight: dict[Future[Outcome], Event] = {}
+        in_flight: dict[Future[Outcome], tuple[Event, float]] = {}  # and when each began
         finished: list[tuple[Event, Outcome]] = []
-        with ThreadPoolExecutor(self.settings.webhook_concurrency, thread_name_prefix="deliver") as pool:
+        renewed = time.monotonic()
+        with ThreadPoolExecutor(self.settings.webhook_concurrency + 4, thread_name_prefix="deliver") as pool:
             while not self.stopping.is_set() or in_flight or finished:
                 room = 0 if self.stopping.is_set() else capacity - len(in_flight)
-                claimed = self.exchange(finished, room)
+                renew: tuple[int, ...] = ()
+                if in_flight and time.monotonic() - renewed > self.lease_seconds / 3:
+                    renew, renewed = tuple(event.sequence for event, _ in in_flight.values()), time.monotonic()
+                claimed = self.exchange(finished, room, renew)
                 finished = []
                 for event in claimed:
-                    in_flight[pool.submit(self.deliver, event)] = event
+                    in_flight[pool.submit(self.deliver, event)] = (event, time.monotonic())
                 if in_flight:
                     done, _ = wait(in_flight, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
-                    finished = [(in_flight.pop(future), future.result()) for future in done]
+                    finished = [(in_flight.pop(future)[0], future.result()) for future in done]
+                    finished += self.overdue(in_flight)
                 elif until_drained and not self.pending():
                     break
                 elif not self.stopping.is_set():
                     self.stopping.wait(IDLE_SECONDS)
 
-    def exchange(self, finished: list[tuple[Event, Outcome]], room: int) -> list[Event]:
-        """Write what finished and claim up to `room` more; a database failure is logged and
-        tried again (nothing is lost: unsettled events are delivered again after their lease)."""
+    def overdue(self, in_flight: dict[Future[Outcome], tuple[Event, float]]) -> list[tuple[Event, Outcome]]:
+        """Attempts past ATTEMPT_DEADLINE_FACTOR timeouts, and past two leases (an answer
+        trickling in, each read within the timeout), count as failed and are retried; their
+        threads are left to end."""
+        deadline = max(ATTEMPT_DEADLINE_FACTOR * self.settings.webhook_timeout, 2 * self.lease_seconds)
+        late = [f for f, (_, began) in in_flight.items() if time.monotonic() - began > deadline]
+        error = f"no whole answer within {deadline:g} s"
+        return [(event, Outcome(event.sequence, False, None, error)) for event, _ in map(in_flight.pop, late)]
+
+    def exchange(self, finished: list[tuple[Event, Outcome]], room: int, renew: tuple[int, ...] = ()) -> list[Event]:
+        """Write what finished and claim up to `room` more, renewing the leases of `renew`; a
+        database failure is logged and tried again (nothing is lost: unsettled events are
+        delivered again after their lease)."""
         try:
             if finished:
                 outbox.settle(self.store.db, finished, self.backoff, random.random)
                 self.note(finished)
-            return outbox.claim(self.store.db, room, self.lease_seconds) if room > 0 else []
+            return outbox.claim(self.store.db, room, self.lease_seconds, renew) if room > 0 or renew else []
         except Exception:
             log.exception("the outbox could not be read or written; trying again")
             self.store.connections.discard()
@@ -125,7 +146,7 @@ class Forwarder:
             if outcome.delivered:
                 self.delivered += 1
             elif event.attempts == 0:  # its first failure; later ones are in `mm7soap outbox`
-                log.warning("event %s (%s) not delivered: %s; retrying", event.event_id, event.type, outcome.error)
+                log.warning("event %s (%s) not delivered: %s", event.event_id, event.type, outcome.error)
 
     def pending(self) -> int:
         found = self.store.db.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()
@@ -164,6 +185,8 @@ def safe_url(url: str) -> str:
 def main(argv: Any = None) -> None:
     """`python -m mm7soap.forwarder`: what `mm7soap serve` runs beside gunicorn."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [forwarder] %(levelname)s %(message)s")
+    # httpx logs every request's URL at INFO: one line per event, with any password in it.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     run_forever(Settings.from_env())
 
 

@@ -84,24 +84,28 @@ ORDER BY sequence LIMIT :limit
 """
 
 
-def claim(db: sqlite_utils.Database, limit: int, lease_seconds: float) -> list[Event]:
+def claim(db: sqlite_utils.Database, limit: int, lease_seconds: float, renew: tuple[int, ...] = ()) -> list[Event]:
     """Take up to `limit` due events for delivery, leased for `lease_seconds`: another
-    forwarder skips them until then, and takes them over if this one died."""
+    forwarder skips them until then, and takes them over if this one died.  The leases of
+    `renew` (events this forwarder is still delivering) are extended in the same transaction,
+    so a slow answer is not taken for a dead forwarder's and delivered twice."""
     now = datetime.now(timezone.utc)
     db.conn.execute("BEGIN IMMEDIATE")
     try:
-        rows = db.conn.execute(CLAIM_SQL, {"now": now_text(now), "limit": limit}).fetchall()
+        rows = db.conn.execute(CLAIM_SQL, {"now": now_text(now), "limit": limit}).fetchall() if limit > 0 else []
         events = [Event(*row) for row in rows]
         lease = now_text(now + timedelta(seconds=lease_seconds))
-        db.conn.executemany(
-            f"UPDATE {OUTBOX} SET lease_until = ? WHERE sequence = ?", [(lease, e.sequence) for e in events]
-        )
+        leased = [*(e.sequence for e in events), *renew]
+        db.conn.executemany(f"UPDATE {OUTBOX} SET lease_until = ? WHERE sequence = ?", [(lease, s) for s in leased])
         db.conn.execute("COMMIT")
     except BaseException:
         if db.conn.in_transaction:
             db.conn.execute("ROLLBACK")
         raise
     return events
+
+
+MAX_DOUBLINGS = 64
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,11 @@ class Backoff:
 
     def delay(self, attempts: int, jitter: float) -> float:
         """Exponential from `first`, capped; `jitter` in [0, 1) spreads retries over ±50%."""
-        return min(self.cap, self.first * 2 ** max(attempts - 1, 0)) * (0.5 + jitter)
+        # The doublings are bounded: past ~1024 attempts (a small cap, a long max age) 2 ** n
+        # no longer fits a float, and the OverflowError would fail the settle of every batch
+        # holding that event, forever.  2 ** 64 times any sane `first` is past any cap.
+        doublings = min(max(attempts - 1, 0), MAX_DOUBLINGS)
+        return min(self.cap, self.first * 2**doublings) * (0.5 + jitter)
 
 
 def settle(db: sqlite_utils.Database, events: list[tuple[Event, Outcome]], backoff: Backoff, jitter: Any) -> None:
@@ -179,14 +187,26 @@ def message_parts(db: sqlite_utils.Database, message: int) -> list[dict[str, Any
     return parts
 
 
+# About what one /events answer holds: an MO can carry 20 MiB of parts, so `limit` MOs could
+# be gigabytes.  An answer stops at the event that passes this (always one event at least).
+PAGE_BYTES = 8 * 1024 * 1024
+
+
 def events_after(db: sqlite_utils.Database, after: int, limit: int, include_raw: bool = False) -> list[dict]:
-    """The events after sequence `after`, in sequence order, as the webhook would send them."""
+    """The events after sequence `after`, in sequence order, as the webhook would send them:
+    at most `limit`, and fewer once they make about PAGE_BYTES (`next_after` goes on)."""
     rows = db.execute(
         f"SELECT sequence, event_id, type, source_id, created_at, attempts FROM {OUTBOX}"
         " WHERE sequence > ? ORDER BY sequence LIMIT ?",
         [after, limit],
-    ).fetchall()
-    return [payload(db, Event(*row), include_raw) for row in rows]
+    )
+    found, size = [], 0
+    for row in rows.fetchall():
+        found.append(payload(db, Event(*row), include_raw))
+        size += sum(len(part.get("data", "")) for part in found[-1]["data"].get("parts", ())) + 2048
+        if size >= PAGE_BYTES:
+            break
+    return found
 
 
 def body(event: dict[str, Any]) -> bytes:

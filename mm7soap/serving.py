@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import os
 import selectors
+import sys
 import time
+from collections.abc import Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from functools import cached_property, partial
 from http import HTTPStatus
@@ -20,11 +23,36 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from mm7soap import errors
 from mm7soap.envelope import Reply
-from mm7soap.settings import Settings
+from mm7soap.settings import ENV_PREFIX, Settings, parse_value
 from mm7soap.soap import fault_document
 from mm7soap.store import Store
 from mm7soap.supervisor import ForwarderProcess
 from mm7soap.wsgi import create_app
+
+
+def configured(**overrides: Any) -> Settings:
+    """The settings from `MM7SOAP_*` (and the CLI's `overrides`), or an exit at start with one
+    line naming the wrong setting: a bad configuration is the operator's to fix, not a crash
+    (no traceback), and no value is repeated (the secret)."""
+    try:
+        return Settings.from_env(**overrides)
+    except ValueError as exc:
+        why = unparsable(os.environ) or str(exc)
+        print(f"mm7soap: bad settings: {why}", file=sys.stderr)
+        raise SystemExit(2) from None  # 2, as the CLI's other configuration errors
+
+
+def unparsable(environ: Mapping[str, str]) -> str | None:
+    """Which `MM7SOAP_*` variable is not of its setting's type (Python's own message names
+    only the value), or None."""
+    for setting in fields(Settings):
+        name = ENV_PREFIX + setting.name.upper()
+        if name in environ:
+            try:
+                parse_value(setting.type, environ[name])
+            except ValueError:
+                return f"{name} is not a valid {setting.type}"
+    return None
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:

@@ -9,10 +9,14 @@ or memory, and killing it loses nothing: its leased events are delivered after t
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 from mm7soap.settings import Settings
 
@@ -20,6 +24,31 @@ log = logging.getLogger(__name__)
 
 RESTART_PAUSE = 1.0
 STOP_SECONDS = 15.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def dies_with_its_parent() -> Callable[[], None] | None:
+    """What the forwarder runs before exec on Linux: the kernel sends it SIGTERM (it finishes
+    its deliveries, then exits) when the thread that started it dies with the master.
+
+    Without it a master killed on its own (the OOM killer, `kill -9` of one pid) left the
+    forwarder running for ever, orphaned, with the old settings; gunicorn's workers notice
+    their parent is gone and exit, the forwarder never did, and the restarted service started
+    a second one beside it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    except (OSError, AttributeError):
+        return None
+    master, term = os.getpid(), int(signal.SIGTERM)
+
+    def in_the_child() -> None:
+        prctl(PR_SET_PDEATHSIG, term)
+        if os.getppid() != master:  # the master died before the call: nobody would signal it
+            os._exit(0)
+
+    return in_the_child
 
 
 class ForwarderProcess:
@@ -37,7 +66,11 @@ class ForwarderProcess:
             with self.lock:
                 if self.stopping.is_set():
                     return
-                self.process = subprocess.Popen([sys.executable, "-m", "mm7soap.forwarder"], env=self.environment)
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "mm7soap.forwarder"],
+                    env=self.environment,
+                    preexec_fn=dies_with_its_parent(),  # one C call before exec: no lock taken
+                )
             code = self.process.wait()  # 0 also when gunicorn's master reaped it first
             if not self.stopping.is_set():
                 log.error("the forwarder stopped (exit %s); starting it again", code)

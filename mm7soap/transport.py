@@ -196,8 +196,8 @@ def events_query(query: str) -> tuple[int, int]:
         after, limit = int(values.get("after", "0")), int(values.get("limit", "100"))
     except ValueError:
         raise errors.ValidationError("after and limit must be whole numbers") from None
-    if after < 0 or not 1 <= limit <= EVENTS_LIMIT:
-        raise errors.ValidationError(f"after must be 0 or more, limit between 1 and {EVENTS_LIMIT}")
+    if not 0 <= after < 2**63 or not 1 <= limit <= EVENTS_LIMIT:  # a sequence is an SQLite integer
+        raise errors.ValidationError(f"after must be 0 to 2**63-1, limit between 1 and {EVENTS_LIMIT}")
     return after, limit
 
 

@@ -13,19 +13,46 @@ from mm7soap.cli import cli
 from mm7soap.namespaces import MM7_NAMES
 from tests.helpers import call, data, template
 
-COMMANDS = sorted(cli.commands)
+
+def command_paths(group: click.Group, above: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command, a group's commands included, as the words that run it."""
+    found = []
+    for name, command in sorted(group.commands.items()):
+        found.append((*above, name))
+        if isinstance(command, click.Group):
+            found.extend(command_paths(command, (*above, name)))
+    return found
+
+
+COMMANDS = command_paths(cli)
 
 
 def test_the_commands_exist():
-    assert set(COMMANDS) == {"serve", "wsdl", "reports", "report", "messages", "message", "send"}
+    assert {" ".join(path) for path in COMMANDS} == {
+        "serve",
+        "wsdl",
+        "reports",
+        "report",
+        "messages",
+        "message",
+        "send",
+        "forward",
+        "outbox",
+        "outbox list",
+        "outbox retry",
+        "outbox prune",
+    }
 
 
-@pytest.mark.parametrize("command", [None, *COMMANDS])
-def test_every_command_has_help_ending_with_an_example(command):
-    args = [command, "--help"] if command else ["--help"]
-    result = CliRunner().invoke(cli, args)
+@pytest.mark.parametrize("path", [(), *COMMANDS], ids=lambda path: " ".join(path) or "mm7soap")
+def test_every_command_has_help_ending_with_an_example(path):
+    result = CliRunner().invoke(cli, [*path, "--help"])
     assert result.exit_code == 0
-    help_text = (cli.commands[command] if command else cli).help
+    command: click.Command = cli
+    for name in path:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+    help_text = command.help
     assert help_text and "Example:" in help_text
     assert help_text.rstrip().splitlines()[-1].strip().startswith("mm7soap ")
     assert "Example:" in result.output
