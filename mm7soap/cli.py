@@ -103,7 +103,7 @@ def wsdl(folder: Path) -> None:
     from mm7soap.service import Endpoint
     from mm7soap.wsdl import WsdlDocuments
 
-    with Store(Settings.from_env(database=":memory:")) as store:
+    with Store(checked_settings(database=":memory:")) as store:
         for path in WsdlDocuments(Endpoint(store)).write(folder):
             click.echo(str(path))
 
@@ -140,7 +140,7 @@ def reports(
         mm7soap reports --kind DeliveryReport --status Retrieved --since 2026-11-01T00:00:00Z
     """
     kinds = REPORT_KINDS if kind == "all" else (kind,)
-    with Store(Settings.from_env(database=database)) as store:
+    with existing_store(database) as store:
         rows = store.reports(
             kinds=kinds, message_id=message_id, recipient=recipient, status=status, since=since, limit=limit
         )
@@ -158,7 +158,7 @@ def report(database: str | None, message_id: str, as_json: bool) -> None:
     Example:
         mm7soap report 369500617770864640
     """
-    with Store(Settings.from_env(database=database)) as store:
+    with existing_store(database) as store:
         rows = store.reports(message_id=message_id)
     if not rows:
         raise click.ClickException(f"no report for MessageID {message_id}")
@@ -180,7 +180,7 @@ def messages(
     Example:
         mm7soap messages --sender 15551230001 --since 2026-11-27
     """
-    with Store(Settings.from_env(database=database)) as store:
+    with existing_store(database) as store:
         rows = [message_summary(row, as_json) for row in store.messages(sender=sender, since=since, limit=limit)]
     print_rows(rows, MESSAGE_TABLE, as_json)
 
@@ -202,7 +202,7 @@ def message(database: str | None, message: int, save_parts: Path | None, as_json
     Example:
         mm7soap message 12 --save-parts ./mo-12
     """
-    with Store(Settings.from_env(database=database)) as store:
+    with existing_store(database) as store:
         row = store.message(message)
         if row is None:
             raise click.ClickException(f"no message {message}")

@@ -244,3 +244,19 @@ def test_wsdl_writes_one_file_per_namespace(tmp_path):
 
 def test_click_group_is_the_entry_point():
     assert isinstance(cli, click.Group)
+
+
+@pytest.mark.parametrize("command", [["reports"], ["report", "4711"], ["messages"], ["message", "1"]])
+def test_a_read_command_refuses_a_missing_database_and_creates_none(tmp_path, command):
+    missing = tmp_path / "nowhere.db"
+    result = CliRunner().invoke(cli, [*command, "--database", str(missing)])
+    assert result.exit_code == 2
+    assert f"no database at {missing}" in result.output
+    assert not missing.exists()
+
+
+def test_a_read_command_with_bad_settings_says_which_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MM7SOAP_WEBHOOK_URL", "ftp://example")
+    result = CliRunner().invoke(cli, ["reports", "--database", str(tmp_path / "x.db")])
+    assert result.exit_code == 2
+    assert result.output.strip() == "Error: bad settings: webhook_url must be an http:// or https:// URL with a host"
