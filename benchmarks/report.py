@@ -16,7 +16,7 @@ import gunicorn
 import lxml.etree
 from load import Load
 from measure import TargetRun
-from servers import MM7SOAP, REFERENCE, REPO, TARGETS
+from servers import MM7SOAP, REFERENCE, REPO
 
 
 @dataclass
@@ -41,8 +41,8 @@ class Line:
 
 def summarise(done: Sequence[TargetRun], loads: Sequence[Load]) -> list[Line]:
     lines = []
-    for target in TARGETS:
-        turns = [turn for turn in done if turn.target == target.name]
+    for name in dict.fromkeys(turn.target for turn in done):  # the targets, in the order they ran
+        turns = [turn for turn in done if turn.target == name]
         for load in loads:
             runs = [run for turn in turns for run in turn.runs if run.load == load]
             if not runs:
@@ -50,7 +50,7 @@ def summarise(done: Sequence[TargetRun], loads: Sequence[Load]) -> list[Line]:
             peaks = [kib for turn in turns for kib in turn.peak_rss_kib.values()]
             lines.append(
                 Line(
-                    target=target.name,
+                    target=name,
                     load=load,
                     rates=[run.requests_per_sec for run in runs],
                     p50_ms=statistics.median(run.p50_ms for run in runs),
@@ -97,22 +97,41 @@ def aligned(column: int, cell: str, width: int) -> str:
 
 
 def ratios(lines: Sequence[Line], loads: Sequence[Load]) -> list[str]:
-    """Throughput where wrk posts as fast as answered; latency where it paces."""
+    """Throughput where wrk posts as fast as answered (each target against the reference);
+    latency where it paces."""
     out = []
     for load in loads:
         by_target = {line.target: line for line in lines if line.load == load}
-        ours, reference = by_target.get(MM7SOAP.name), by_target.get(REFERENCE.name)
+        reference = by_target.get(REFERENCE.name)
+        ours = [line for name, line in by_target.items() if name != REFERENCE.name]
         if not ours or not reference:
             continue
         if load.rate is None:
-            ratio = ours.median_rate / reference.median_rate
-            out.append(f"mm7soap / reference at {load.connections} connections: {ratio:.2f} (median req/s)")
+            for line in ours:
+                ratio = line.median_rate / reference.median_rate
+                out.append(f"{line.target} / reference at {load.connections} connections: {ratio:.2f} (median req/s)")
         else:
-            out.append(
-                f"p99 at {load.label} offered over {load.connections} connections:"
-                f" mm7soap {ours.p99_ms:.1f} ms, reference {reference.p99_ms:.1f} ms"
-            )
+            each = ", ".join(f"{line.target} {line.p99_ms:.1f} ms" for line in [*ours, reference])
+            out.append(f"p99 at {load.label} offered over {load.connections} connections: {each}")
     return out
+
+
+def forwarding(done: Sequence[TargetRun]) -> list[str]:
+    """With a webhook: whether the forwarder kept up, and delivered every event in the end."""
+    out = []
+    for turn in done:
+        if turn.forwarded is None:
+            continue
+        sent = turn.forwarded
+        backlog = ", ".join(f"c={run.connections} {run.load.label} {run.backlog:,}" for run in turn.runs)
+        drain = f"{sent.drain_seconds:.1f} s" if sent.drain_seconds is not None else "NOT in time"
+        forwarder, receiver = sent.cpu_per_event_ms(sent.forwarder_cpu), sent.cpu_per_event_ms(sent.receiver_cpu)
+        out.append(
+            f"round {turn.round} {turn.target}: {sent.events:,} events, {sent.delivered:,} delivered to the receiver"
+            f" ({sent.received:,} POSTs); pending at the end of each run: {backlog};"
+            f" outbox empty {drain} after the load; CPU per event: forwarder {forwarder}, receiver {receiver}"
+        )
+    return ["", "forwarding:", *(f"  {line}" for line in out)] if out else []
 
 
 def row_comparison(done: Sequence[TargetRun]) -> list[str]:

@@ -61,3 +61,28 @@ def settle(database: Path) -> None:
         if now == last:
             return
         last = now
+
+
+# --- the outbox (mm7soap with a webhook) ----------------------------------------------------
+
+DRAIN_TIMEOUT = 120.0  # seconds for the forwarder to empty the outbox once the load ends
+
+
+def outbox_counts(database: Path) -> tuple[int, int]:
+    """(events, of which pending): what the forwarder has yet to deliver."""
+    conn = read_only(database)
+    try:
+        found = conn.execute("SELECT count(*), coalesce(sum(state = 'pending'), 0) FROM outbox").fetchone()
+        return int(found[0]), int(found[1])
+    finally:
+        conn.close()
+
+
+def wait_drained(database: Path, timeout: float = DRAIN_TIMEOUT) -> float | None:
+    """Seconds until no event is pending, or None if some still are after `timeout`."""
+    started = time.monotonic()
+    while outbox_counts(database)[1]:
+        if time.monotonic() - started > timeout:
+            return None
+        time.sleep(0.05)
+    return time.monotonic() - started

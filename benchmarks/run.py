@@ -3,7 +3,8 @@
 Both are served by gunicorn with mm7soap's production settings and loaded in turn (A B A B …)
 by wrk, posting Sinch delivery reports over loopback keep-alive connections.  Only the ratio
 within one run means much: the machine is shared, so absolute figures drift between runs.
-See benchmarks/README.md.
+`--webhook` adds a third target between them, mm7soap forwarding its events to a local
+receiver (A W B A W B …).  See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from pathlib import Path
 
 from load import WRK_SLACK
 from measure import TargetRun, loads, progress_line, run_target
-from report import machine, ratios, row_comparison, summarise, table
-from rows import SETTLE_TIMEOUT
-from servers import BENCHMARKS, START_TIMEOUT, STOP_TIMEOUT, TARGETS, BenchmarkError
+from report import forwarding, machine, ratios, row_comparison, summarise, table
+from rows import DRAIN_TIMEOUT, SETTLE_TIMEOUT
+from servers import BENCHMARKS, START_TIMEOUT, STOP_TIMEOUT, TARGETS, WEBHOOK_TARGETS, BenchmarkError, Target
 
 # Offered req/s of the paced runs: about a quarter and a half of what mm7soap takes at most
 # on a 2-core machine with wrk on the same cores, so that they measure answer time, not a queue.
@@ -30,7 +31,7 @@ DEFAULT_RATES = (400.0, 800.0)
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="mm7soap vs a plain lxml+sqlite3 reference, under gunicorn and wrk.")
-    parser.add_argument("--rounds", type=int, default=3, help="A B rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every target (default 3)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load after start (default 2)")
     parser.add_argument("--connections", type=connection_counts, default=[8, 32], help="default 8,32")
@@ -45,6 +46,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     # answer later than that is as good as none.
     parser.add_argument("--timeout", type=int, default=10, help="wrk's request timeout, seconds (default 10)")
     parser.add_argument("--out", type=Path, default=BENCHMARKS / "results", help="default benchmarks/results/")
+    parser.add_argument(
+        "--webhook",
+        action="store_true",
+        help="also measure mm7soap+webhook: forwarding every event to a local receiver (benchmarks/receiver.py)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.threads < 1:
         parser.error("rounds and threads must be ≥ 1, duration > 0, warmup ≥ 0")
@@ -69,25 +75,33 @@ def connection_counts(text: str) -> list[int]:
     return counts
 
 
+def targets(args: argparse.Namespace) -> tuple[Target, ...]:
+    """What each round measures, in order."""
+    return WEBHOOK_TARGETS if args.webhook else TARGETS
+
+
 def time_bounds(args: argparse.Namespace) -> tuple[float, float]:
     """Seconds the whole run should take, and the most it can take before something gives up."""
-    turns = args.rounds * len(TARGETS)
+    turns = args.rounds * len(targets(args))
     wrk_runs = len(loads(args))
     expected = turns * (4 + args.warmup + wrk_runs * (args.duration + 1))
     per_wrk = args.timeout + WRK_SLACK + 2 * SETTLE_TIMEOUT
     most = turns * (START_TIMEOUT + STOP_TIMEOUT + args.warmup + per_wrk + wrk_runs * (args.duration + per_wrk))
+    if args.webhook:
+        most += args.rounds * DRAIN_TIMEOUT
     return expected, most
 
 
 def header(args: argparse.Namespace) -> list[str]:
     expected, most = time_bounds(args)
     info = machine()
+    order = " then ".join(target.name for target in targets(args))
     return [
         f"mm7soap benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC",
         f"machine: {info['cpus']} CPUs, {info['platform']}; databases in {info['databases']}",
         f"python {info['python']}, gunicorn {info['gunicorn']}, {info['wrk']}, lxml {info['lxml']},"
         f" sqlite {info['sqlite']}, mm7soap {info['mm7soap']}",
-        f"rounds: {args.rounds} (mm7soap then reference); {args.warmup:g} s warm-up, {args.duration:g} s per run at"
+        f"rounds: {args.rounds} ({order}); {args.warmup:g} s warm-up, {args.duration:g} s per run at"
         f" {','.join(map(str, args.connections))} connections, as fast as answered"
         + (f" and paced at {', '.join(f'{rate:g}' for rate in args.rate)} req/s" if args.rate else "")
         + f", {args.threads} wrk threads",
@@ -99,7 +113,7 @@ def run_all(args: argparse.Namespace) -> tuple[list[TargetRun], list[str]]:
     """Every round, A then B; stops at the first target that cannot be measured."""
     done: list[TargetRun] = []
     for round_number in range(1, args.rounds + 1):
-        for target in TARGETS:
+        for target in targets(args):
             try:
                 turn = run_target(target, round_number, args)
             except BenchmarkError as exc:
@@ -112,7 +126,7 @@ def run_all(args: argparse.Namespace) -> tuple[list[TargetRun], list[str]]:
 def report(args: argparse.Namespace, head: list[str], done: list[TargetRun], aborted: list[str]) -> list[str]:
     lines = summarise(done, loads(args))
     problems = [problem for turn in done for problem in turn.problems()] + aborted
-    text = [*head, "", *table(lines), "", *ratios(lines, loads(args)), *row_comparison(done)]
+    text = [*head, "", *table(lines), "", *ratios(lines, loads(args)), *row_comparison(done), *forwarding(done)]
     text += ["", "problems:", *(f"  {p}" for p in problems)] if problems else ["", "no problems"]
     return text
 

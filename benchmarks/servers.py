@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,12 +52,16 @@ class Target:
     config: Path
     database_variable: str  # the environment variable naming its database
     health_path: str | None  # a GET answering 200 when ready; None: POST one report instead
+    webhook: bool = False  # forwards its events to a receiver (receiver.py) started beside it
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "gunicorn", "-c", str(self.config), self.app]
 
-    def environment(self, port: int, workdir: Path) -> dict[str, str]:
+    def environment(self, port: int, workdir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ)
+        if not self.webhook:
+            env.pop("MM7SOAP_WEBHOOK_URL", None)  # whatever the caller's environment says
+        env.update(extra or {})
         env.update(
             MM7SOAP_HOST="127.0.0.1",  # loopback only, whatever the caller's environment says
             MM7SOAP_PORT=str(port),
@@ -70,8 +76,30 @@ class Target:
 MM7SOAP = Target(
     "mm7soap", "mm7soap.db", "mm7soap.wsgi:application", REPO / "gunicorn.conf.py", "MM7SOAP_DATABASE", "/health"
 )
+# mm7soap with a webhook URL set: gunicorn's master runs the forwarder beside the workers.
+MM7SOAP_WEBHOOK = Target(
+    "mm7soap+webhook",
+    "mm7soap.db",
+    "mm7soap.wsgi:application",
+    REPO / "gunicorn.conf.py",
+    "MM7SOAP_DATABASE",
+    "/health",
+    webhook=True,
+)
 REFERENCE = Target("reference", "reference.db", "reference_app:application", REFERENCE_CONF, "REFERENCE_DATABASE", None)
 TARGETS = (MM7SOAP, REFERENCE)
+WEBHOOK_TARGETS = (MM7SOAP, MM7SOAP_WEBHOOK, REFERENCE)  # run.py --webhook
+
+# A fixed Standard Webhooks secret: the receiver checks no signature, but the forwarder signs.
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"mm7soap-benchmark-secret-32bytes").decode()
+
+
+def webhook_environment(url: str, concurrency: int | None = None) -> dict[str, str]:
+    """The variables that turn the forwarder on, delivering to `url`."""
+    env = {"MM7SOAP_WEBHOOK_URL": url, "MM7SOAP_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    if concurrency is not None:
+        env["MM7SOAP_WEBHOOK_CONCURRENCY"] = str(concurrency)
+    return env
 
 
 def endpoint_path() -> str:
@@ -125,16 +153,17 @@ class Server:
             return "(no log)"
 
 
-def start_server(target: Target, workdir: Path) -> Server:
+def start_server(target: Target, workdir: Path, extra_env: Mapping[str, str] | None = None) -> Server:
     """gunicorn in its own session (so it can be killed whole), logging to a file: the
-    production config writes an access-log line per request, which a pipe would block on."""
+    production config writes an access-log line per request, which a pipe would block on.
+    `extra_env`: variables set for it besides the target's own (a webhook URL)."""
     port = free_port()
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             target.command(),
             cwd=REPO,
-            env=target.environment(port, workdir),
+            env=target.environment(port, workdir, extra_env),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -218,6 +247,31 @@ def booted_workers(server: Server) -> list[int]:
         workers = child_pids(server.process.pid)
         if len(workers) >= wanted or time.monotonic() > deadline:
             return workers
+        time.sleep(0.1)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User and system CPU time a process has used so far (all its threads), or None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # from the state, field 3 of proc(5)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def forwarder_pid(server: Server, timeout: float = START_TIMEOUT) -> int | None:
+    """The forwarder gunicorn's master started beside its workers (`python -m mm7soap.forwarder`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for pid in child_pids(server.process.pid):
+            try:
+                if b"mm7soap.forwarder" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+            except OSError:
+                continue
+        if time.monotonic() > deadline:
+            return None
         time.sleep(0.1)
 
 

@@ -30,6 +30,8 @@ from typing import Any
 
 from mm7soap import binding, envelope, mime
 from mm7soap.records import Inbound, delivery_report_row
+from mm7soap.resend import report_fingerprint
+from mm7soap.schema import REPORT_COLUMNS
 from mm7soap.service import Call, OperationContext
 from mm7soap.settings import Settings
 from mm7soap.transport import MM7WsgiApp
@@ -134,7 +136,10 @@ def stages(app: MM7WsgiApp, reference: ModuleType, template: str, number: int) -
         n = next(ids)
         row = delivery_report_row(request, read, inbound)
         row.update(transaction_id=f"stages-tx-{n}", message_id=f"stages-{n}")
-        return app.store.save_delivery_report(row)
+        row["fingerprint"] = report_fingerprint(row, REPORT_COLUMNS)  # a new report, not a resend
+        stored = app.store.save_delivery_report(row)
+        assert not stored.duplicate
+        return stored
 
     return [
         ("MIME: the root part of the body", lambda: mime.read_body(CONTENT_TYPE, sample)),

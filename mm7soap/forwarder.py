@@ -98,7 +98,10 @@ class Forwarder:
         in_flight: dict[Future[Outcome], tuple[Event, float]] = {}  # and when each began
         finished: list[tuple[Event, Outcome]] = []
         renewed = time.monotonic()
-        with ThreadPoolExecutor(self.settings.webhook_concurrency + 4, thread_name_prefix="deliver") as pool:
+        # As many threads as connections: a request queued in httpx's pool for a connection can be
+        # handed one the pool is closing (httpcore #1110: "Bad file descriptor" after the receiver
+        # got it, so a 2xx lost and the event delivered twice, about 1 in 30,000).
+        with ThreadPoolExecutor(self.settings.webhook_concurrency, thread_name_prefix="deliver") as pool:
             while not self.stopping.is_set() or in_flight or finished:
                 room = 0 if self.stopping.is_set() else capacity - len(in_flight)
                 renew: tuple[int, ...] = ()

@@ -74,8 +74,12 @@ def record(db: sqlite_utils.Database, type: str, source_id: int, order_key: str 
     return int(cursor.lastrowid or 0)
 
 
+# INDEXED BY: without statistics SQLite picks `outbox_state_created` for `state = 'pending'`
+# and sorts every pending event for ORDER BY, on each claim and holding the write lock (38 ms
+# with 50,000 pending: a backlog drained at a third of the speed).  The partial index is
+# already in sequence order, so the scan stops at `limit` due events (0.04 ms).
 CLAIM_SQL = f"""
-SELECT sequence, event_id, type, source_id, created_at, attempts FROM {OUTBOX} AS o
+SELECT sequence, event_id, type, source_id, created_at, attempts FROM {OUTBOX} AS o INDEXED BY outbox_pending
 WHERE state = 'pending' AND next_attempt_at <= :now AND (lease_until IS NULL OR lease_until <= :now)
   AND (order_key IS NULL OR NOT EXISTS (
       SELECT 1 FROM {OUTBOX} AS earlier

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sqlite3
+import urllib.request
 from contextlib import closing
 from pathlib import Path
 
@@ -67,3 +69,37 @@ def test_stages_times_mm7soaps_path_and_both_whole_calls(monkeypatch, capsys, tm
     with pytest.raises(RuntimeError, match="not a 1000"):
         stages.post(reference.application, b"<not-a-report/>")
     reference.connection().close()
+
+
+def test_benchmark_webhook_target_and_receiver(monkeypatch, tmp_path):
+    """`run.py --webhook` measures mm7soap forwarding to a receiver between the other two, and
+    the receiver (a process of its own) answers 204 and counts each event id once."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    run = importlib.import_module("run")
+    servers = importlib.import_module("servers")
+    receiver_module = importlib.import_module("receiver")
+    assert [target.name for target in run.targets(run.parse_args([]))] == ["mm7soap", "reference"]
+    names = [target.name for target in run.targets(run.parse_args(["--webhook"]))]
+    assert names == ["mm7soap", "mm7soap+webhook", "reference"]
+    monkeypatch.setenv("MM7SOAP_WEBHOOK_URL", "http://127.0.0.1:9/elsewhere")
+    assert "MM7SOAP_WEBHOOK_URL" not in servers.MM7SOAP.environment(8080, tmp_path)
+    extra = servers.webhook_environment("http://127.0.0.1:1/hook")
+    environment = servers.MM7SOAP_WEBHOOK.environment(8080, tmp_path, extra)
+    assert environment["MM7SOAP_WEBHOOK_URL"] == "http://127.0.0.1:1/hook"
+    assert environment["MM7SOAP_DATABASE"] == str(tmp_path / "mm7soap.db")
+
+    receiver = receiver_module.start_receiver()
+    try:
+        for event_id in ("evt_a", "evt_b", "evt_a"):  # evt_a delivered twice: at least once
+            request = urllib.request.Request(
+                receiver.url, b'{"type":"delivery_report"}', {"webhook-id": event_id}, method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                assert answer.status == 204
+        assert receiver.process.pid != os.getpid()
+        stats = receiver.stats()
+        assert (stats["received"], stats["unique"]) == (3, 2)
+        assert sorted(receiver.arrivals()) == ["evt_a", "evt_b"]
+    finally:
+        receiver.stop()
+    assert receiver.process.returncode is not None
