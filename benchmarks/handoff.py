@@ -47,12 +47,12 @@ from stages import sinch_envelope
 
 from mm7soap import binding, envelope
 from mm7soap.forwarder import Forwarder
-from mm7soap.outbox import parse_text
 from mm7soap.records import Inbound, delivery_report_row
 from mm7soap.resend import report_fingerprint
 from mm7soap.schema import REPORT_COLUMNS
 from mm7soap.settings import Settings
 from mm7soap.store import Store
+from mm7soap.times import parse_stored as parse_text
 from mm7soap.transport import MM7WsgiApp
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -49,7 +50,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--webhook",
         action="store_true",
-        help="also measure mm7soap+webhook: forwarding every event to a local receiver (benchmarks/receiver.py)",
+        help="also measure mm7soap+webhook (forwarding every event to benchmarks/receiver.py), then handoff.py both",
     )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.threads < 1:
@@ -145,6 +146,23 @@ def write_results(args: argparse.Namespace, text: list[str], done: list[TargetRu
     return stem
 
 
+HANDOFF_OK = "hand-off: ok"
+
+
+def hand_off() -> list[str]:
+    """`handoff.py both` (drain 50,000, latency at 400/s), printed as it goes and returned, so
+    that the forwarder's figures stand next to the intake table (issue 18)."""
+    print("\nhand-off (benchmarks/handoff.py both):", flush=True)
+    lines = ["hand-off (benchmarks/handoff.py both):"]
+    command = [sys.executable, str(BENCHMARKS / "handoff.py"), "both"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            print(line, end="", flush=True)
+            lines.append(line.rstrip("\n"))
+    return [*lines, HANDOFF_OK if child.returncode == 0 else f"hand-off: exit {child.returncode}"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("wrk") is None:
@@ -155,6 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     done, aborted = run_all(args)
     text = report(args, head, done, aborted)
     print("\n" + "\n".join(text[len(head) + 1 :]))
+    if args.webhook and not aborted:
+        handed_off = hand_off()
+        text += ["", *handed_off]
+        if handed_off[-1] != HANDOFF_OK:
+            aborted = ["handoff.py: " + handed_off[-1]]
     stem = write_results(args, text, done, aborted)
     print(f"\nwritten to {stem}.txt and {stem}.json")
     if aborted:

@@ -24,7 +24,8 @@ from mm7soap.envelope import raw_text
 from mm7soap.mmsc import FORMATS, SINCH, Connection, MobileOriginated, Report, Request
 from mm7soap.namespaces import DEFAULT_NAME, MM7_NAMESPACES
 from mm7soap.settings import Settings
-from mm7soap.store import REPORT_KINDS, Store, parse_time
+from mm7soap.store import REPORT_KINDS, Store
+from mm7soap.times import parse_time
 
 # What `reports` and `messages` print per row without --json, in this order.
 REPORT_TABLE = (

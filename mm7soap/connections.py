@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import sqlite_utils
 
@@ -123,3 +124,17 @@ class Connections:
         for db in mine:
             db.conn.close()
         self._local = threading.local()
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """BEGIN IMMEDIATE … COMMIT on an autocommit connection; ROLLBACK when anything fails,
+    the COMMIT itself included (a full disk fails there), so no transaction is left open."""
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.conn.execute("COMMIT")
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise

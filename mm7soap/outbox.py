@@ -22,24 +22,31 @@ from typing import Any
 
 import sqlite_utils
 
+from mm7soap.connections import transaction
 from mm7soap.envelope import raw_text
-from mm7soap.schema import MESSAGES, OUTBOX, PART_COLUMNS, PARTS, READ_REPLIES, REPORTS
+from mm7soap.schema import (
+    MESSAGE_COLUMNS,
+    MESSAGES,
+    OUTBOX,
+    PART_COLUMNS,
+    PARTS,
+    READ_REPLIES,
+    READ_REPLY_COLUMNS,
+    REPORT_COLUMNS,
+    REPORTS,
+)
+from mm7soap.times import parse_stored, utc_timestamp
 
 # The event type of each stored request, and the table its row is in.
 TABLES = {"delivery_report": REPORTS, "read_reply": READ_REPLIES, "message": MESSAGES}
+TABLE_COLUMNS = {
+    REPORTS: tuple(REPORT_COLUMNS),
+    READ_REPLIES: tuple(READ_REPLY_COLUMNS),
+    MESSAGES: tuple(MESSAGE_COLUMNS),
+}
 STATES = ("pending", "delivered", "failed")
 # What an event carries of its row: every column but these (raw_envelope only on request).
 NOT_SENT = ("raw_envelope",)
-
-
-def now_text(moment: datetime | None = None) -> str:
-    """A time as every stored time is written (`mm7soap.store.utc_timestamp`)."""
-    moment = (moment or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-def parse_text(text: str) -> datetime:
-    return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -94,18 +101,18 @@ def claim(db: sqlite_utils.Database, limit: int, lease_seconds: float, renew: tu
     `renew` (events this forwarder is still delivering) are extended in the same transaction,
     so a slow answer is not taken for a dead forwarder's and delivered twice."""
     now = datetime.now(timezone.utc)
-    db.conn.execute("BEGIN IMMEDIATE")
-    try:
-        rows = db.conn.execute(CLAIM_SQL, {"now": now_text(now), "limit": limit}).fetchall() if limit > 0 else []
-        events = [Event(*row) for row in rows]
-        lease = now_text(now + timedelta(seconds=lease_seconds))
-        leased = [*(e.sequence for e in events), *renew]
-        db.conn.executemany(f"UPDATE {OUTBOX} SET lease_until = ? WHERE sequence = ?", [(lease, s) for s in leased])
-        db.conn.execute("COMMIT")
-    except BaseException:
-        if db.conn.in_transaction:
-            db.conn.execute("ROLLBACK")
-        raise
+    with transaction(db):
+        return take_due(db, now, limit, lease_seconds, renew)
+
+
+def take_due(
+    db: sqlite_utils.Database, now: datetime, limit: int, lease_seconds: float, renew: tuple[int, ...]
+) -> list[Event]:
+    rows = db.conn.execute(CLAIM_SQL, {"now": utc_timestamp(now), "limit": limit}).fetchall() if limit > 0 else []
+    events = [Event(*row) for row in rows]
+    lease = utc_timestamp(now + timedelta(seconds=lease_seconds))
+    leased = [*(e.sequence for e in events), *renew]
+    db.conn.executemany(f"UPDATE {OUTBOX} SET lease_until = ? WHERE sequence = ?", [(lease, s) for s in leased])
     return events
 
 
@@ -131,44 +138,68 @@ class Backoff:
 
 def settle(db: sqlite_utils.Database, events: list[tuple[Event, Outcome]], backoff: Backoff, jitter: Any) -> None:
     """Write the outcomes of deliveries in one transaction."""
+    with transaction(db):
+        write_outcomes(db, datetime.now(timezone.utc), events, backoff, jitter)
+
+
+def exchange(
+    db: sqlite_utils.Database,
+    finished: list[tuple[Event, Outcome]],
+    backoff: Backoff,
+    jitter: Any,
+    limit: int,
+    lease_seconds: float,
+    renew: tuple[int, ...] = (),
+) -> list[Event]:
+    """`settle` and `claim` in one transaction: the forwarder's one write per round, so that
+    each commit (and its wait for the disk) is shared by every delivery that finished."""
     now = datetime.now(timezone.utc)
-    stamp = now_text(now)
-    db.conn.execute("BEGIN IMMEDIATE")
-    try:
-        for event, outcome in events:
-            attempts = event.attempts + 1
-            if outcome.delivered:
-                db.conn.execute(
-                    f"UPDATE {OUTBOX} SET state = 'delivered', delivered_at = ?, attempts = ?, last_attempt_at = ?,"
-                    " last_status = ?, last_error = NULL, lease_until = NULL WHERE sequence = ?",
-                    [stamp, attempts, stamp, outcome.status, event.sequence],
-                )
-                continue
-            given_up = now - parse_text(event.created_at) >= timedelta(seconds=backoff.max_age)
-            retry_at = now_text(now + timedelta(seconds=backoff.delay(attempts, jitter())))
+    with transaction(db):
+        write_outcomes(db, now, finished, backoff, jitter)
+        return take_due(db, now, limit, lease_seconds, renew)
+
+
+def write_outcomes(
+    db: sqlite_utils.Database, now: datetime, events: list[tuple[Event, Outcome]], backoff: Backoff, jitter: Any
+) -> None:
+    stamp = utc_timestamp(now)
+    for event, outcome in events:
+        attempts = event.attempts + 1
+        if outcome.delivered:
             db.conn.execute(
-                f"UPDATE {OUTBOX} SET state = ?, next_attempt_at = ?, attempts = ?, last_attempt_at = ?,"
-                " last_status = ?, last_error = ?, lease_until = NULL WHERE sequence = ?",
-                ["failed" if given_up else "pending", retry_at, attempts, stamp, outcome.status, outcome.error,
-                 event.sequence],
-            )  # fmt: skip
-        db.conn.execute("COMMIT")
-    except BaseException:
-        if db.conn.in_transaction:
-            db.conn.execute("ROLLBACK")
-        raise
+                f"UPDATE {OUTBOX} SET state = 'delivered', delivered_at = ?, attempts = ?, last_attempt_at = ?,"
+                " last_status = ?, last_error = NULL, lease_until = NULL WHERE sequence = ?",
+                [stamp, attempts, stamp, outcome.status, event.sequence],
+            )
+            continue
+        given_up = now - parse_stored(event.created_at) >= timedelta(seconds=backoff.max_age)
+        retry_at = utc_timestamp(now + timedelta(seconds=backoff.delay(attempts, jitter())))
+        db.conn.execute(
+            f"UPDATE {OUTBOX} SET state = ?, next_attempt_at = ?, attempts = ?, last_attempt_at = ?,"
+            " last_status = ?, last_error = ?, lease_until = NULL WHERE sequence = ?",
+            ["failed" if given_up else "pending", retry_at, attempts, stamp, outcome.status, outcome.error,
+             event.sequence],
+        )  # fmt: skip
+
+
+def pending_count(db: sqlite_utils.Database) -> int:
+    return int(db.execute(f"SELECT count(*) FROM {OUTBOX} WHERE state = 'pending'").fetchone()[0])
+
+
+def data_version(db: sqlite_utils.Database) -> int:
+    """SQLite's count of commits by *other* connections: unchanged means nothing new to claim."""
+    return int(db.execute("PRAGMA data_version").fetchone()[0])
 
 
 def payload(db: sqlite_utils.Database, event: Event, include_raw: bool = False) -> dict[str, Any]:
     """The JSON body of an event: its type, id, sequence and time, and its row's columns
     under their own names in `data`; an MO's parts with their bytes in base64."""
     table = TABLES[event.type]
-    found = db.execute(f"SELECT * FROM {table} WHERE id = ?", [event.source_id])
-    names = [column[0] for column in found.description]
-    row = dict(zip(names, found.fetchone() or (), strict=False))
-    data = {name: value for name, value in row.items() if name not in NOT_SENT}
-    if include_raw and isinstance(row.get("raw_envelope"), bytes):
-        data["raw_envelope"] = raw_text(row["raw_envelope"])
+    columns = [c for c in TABLE_COLUMNS[table] if include_raw or c not in NOT_SENT]  # not SELECT *: no blob unasked
+    found = db.execute(f"SELECT {', '.join(columns)} FROM {table} WHERE id = ?", [event.source_id]).fetchone()
+    data = dict(zip(columns, found or (), strict=False))
+    if isinstance(data.get("raw_envelope"), bytes):
+        data["raw_envelope"] = raw_text(data["raw_envelope"])
     if event.type == "message":
         data["parts"] = message_parts(db, event.source_id)
     return {

@@ -16,9 +16,10 @@ from typing import Any
 
 import sqlite_utils
 
-from mm7soap.outbox import STATES, now_text, parse_text
+from mm7soap.connections import transaction
+from mm7soap.outbox import STATES
 from mm7soap.schema import OUTBOX
-from mm7soap.store import transaction
+from mm7soap.times import parse_stored, utc_timestamp
 
 # The columns of an outbox row, in the order a person reads them.
 COLUMNS = (
@@ -108,7 +109,7 @@ def summary(db: sqlite_utils.Database, errors: int = 5, now: datetime | None = N
     if oldest is None:
         return Summary(counts, errors=seen)
     now = now or datetime.now(timezone.utc)
-    age = max((now - parse_text(oldest[1])).total_seconds(), 0.0)
+    age = max((now - parse_stored(oldest[1])).total_seconds(), 0.0)
     return Summary(counts, oldest[0], oldest[1], age, seen)
 
 
@@ -138,12 +139,12 @@ def retry(db: sqlite_utils.Database, sequence: int | None = None, failed: bool =
     reset = f"UPDATE {OUTBOX} SET state = 'pending', next_attempt_at = ?, lease_until = NULL"
     with transaction(db):
         if sequence is None:
-            cursor = db.conn.execute(reset + " WHERE state = 'failed'", [now_text()])
+            cursor = db.conn.execute(reset + " WHERE state = 'failed'", [utc_timestamp()])
             return Retried(cursor.rowcount)
         found = db.conn.execute(f"SELECT state FROM {OUTBOX} WHERE sequence = ?", [sequence]).fetchone()
         if found is None or found[0] == "pending":
             return Retried(0, None if found is None else found[0])
-        db.conn.execute(reset + " WHERE sequence = ?", [now_text(), sequence])
+        db.conn.execute(reset + " WHERE sequence = ?", [utc_timestamp(), sequence])
         return Retried(1, found[0])
 
 
@@ -156,7 +157,7 @@ def prune(db: sqlite_utils.Database, older_than_seconds: float, batch: int = 100
         raise ValueError("batch must be at least 1 and the age 0 or more")
     if not has_outbox(db):
         return 0
-    cutoff = now_text(datetime.now(timezone.utc) - timedelta(seconds=older_than_seconds))
+    cutoff = utc_timestamp(datetime.now(timezone.utc) - timedelta(seconds=older_than_seconds))
     deleted, last = 0, 0
     while True:
         with transaction(db):

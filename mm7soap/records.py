@@ -13,7 +13,7 @@ from mm7soap.envelope import ReadEnvelope
 from mm7soap.mime import MimePart
 from mm7soap.resend import message_fingerprint, report_fingerprint
 from mm7soap.schema import MESSAGE_COLUMNS, PART_COLUMNS, READ_REPLY_COLUMNS, REPORT_COLUMNS
-from mm7soap.store import utc_timestamp
+from mm7soap.times import utc_timestamp
 from mm7soap.types import ADDRESS_KINDS
 
 

@@ -67,6 +67,17 @@ class Settings:
     webhook_max_age: float = 24 * 3600.0
     # 1: each event carries the raw SOAP envelope as text too.
     webhook_include_raw: int = 0
+    # Operations (issue 19).  Who may GET /metrics: `mm7` (the MM7 path's allow list and
+    # credentials), `open` (anyone who reaches the port), or `off` (404).
+    metrics_access: str = "mm7"
+    # Networks (CIDRs) allowed to scrape /metrics instead of the MM7 path's (with `mm7`).
+    metrics_allow_ips: tuple[str, ...] = ()
+    # `text` (a line a person reads) or `json` (one object per line) for the request log.
+    log_format: str = "text"
+    # Seconds /health may take: past it, it answers 503 whatever the database is doing.
+    health_timeout: float = 1.0
+    # Days reports, messages and delivered events are kept; 0 keeps them for ever.
+    retention_days: float = 0.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -92,6 +103,16 @@ class Settings:
             raise ValueError("path must start with /")
         for network in (*self.allow_ips, *self.trusted_proxies):
             ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        if self.metrics_access not in ("mm7", "open", "off"):
+            raise ValueError(f"metrics_access must be mm7, open or off, not {self.metrics_access!r}")
+        for network in self.metrics_allow_ips:
+            ipaddress.ip_network(network, strict=False)
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
+        if not 0 < self.health_timeout <= 30:
+            raise ValueError("health_timeout must be above 0 and at most 30 seconds")
+        if self.retention_days < 0:
+            raise ValueError("retention_days must be 0 (keep for ever) or more")
         if self.auth_password and not self.auth_user:
             raise ValueError("auth_password is set but auth_user is not")
         if self.webhook_url:

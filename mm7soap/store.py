@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -22,7 +21,7 @@ import sqlite_utils
 
 from mm7soap import errors, outbox
 from mm7soap.commit import GroupCommit
-from mm7soap.connections import Connections
+from mm7soap.connections import Connections, transaction
 from mm7soap.schema import (
     MESSAGE_COLUMNS,
     MESSAGES,
@@ -35,23 +34,7 @@ from mm7soap.schema import (
     REPORTS,
 )
 from mm7soap.settings import Settings
-
-# Every stored time: UTC, fixed width (`2026-11-27T19:31:53.207268Z`), so that text order
-# is time order (`--since`).
-
-
-def utc_timestamp(moment: datetime) -> str:
-    """A time as stored; one without a zone is taken as UTC (Sinch sends UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    # isoformat, not strftime: glibc's %Y writes year 1 as `1`, not `0001`.
-    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-def parse_time(text: str) -> datetime:
-    """An ISO 8601 time given by a person (`2026-11-27`, `…T10:00Z`, `…+01:00`)."""
-    return datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-
+from mm7soap.times import utc_timestamp
 
 # The stored kinds of report, by the MM7 operation that carries them.
 REPORT_TABLES = {"DeliveryReport": REPORTS, "ReadReply": READ_REPLIES}
@@ -271,17 +254,3 @@ def insert_statement(table: str, columns: tuple[str, ...], on_conflict: str) -> 
     """The INSERT of a table's columns, written once (sqlite3 then reuses its prepared form)."""
     names = tuple(c for c in columns if c != "id")
     return names, f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)}) {on_conflict}"
-
-
-@contextmanager
-def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
-    """BEGIN IMMEDIATE … COMMIT on an autocommit connection; ROLLBACK when anything fails,
-    the COMMIT itself included (a full disk fails there), so no transaction is left open."""
-    db.conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-        db.conn.execute("COMMIT")
-    except BaseException:
-        if db.conn.in_transaction:
-            db.conn.execute("ROLLBACK")
-        raise

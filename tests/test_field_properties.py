@@ -380,7 +380,7 @@ def test_deliver_fields(service, generated, transaction_id):
 def test_the_date_oracle_agrees_with_the_service_on_its_own(text):
     """The service's reading of a date, alone: stored as sent, and in UTC exactly when it is
     an xs:dateTime with an instant (also checked through requests above)."""
-    from mm7soap.store import utc_timestamp
+    from mm7soap.times import utc_timestamp
     from mm7soap.xsdatetime import parse
 
     moment = parse(trimmed(text))

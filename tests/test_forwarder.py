@@ -27,7 +27,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from mm7soap import outbox
+from mm7soap import outbox, times
 from mm7soap.envelope import raw_text
 from mm7soap.forwarder import Forwarder
 from mm7soap.settings import Settings
@@ -445,7 +445,7 @@ def test_an_event_leased_by_a_dead_forwarder_waits_for_the_lease_then_is_deliver
 def test_an_expired_lease_is_taken_over_at_once(app, receivers):
     acknowledged(app, report())
     outbox.claim(app.store.db, 10, lease_seconds=3600)
-    past = outbox.now_text(datetime.now(timezone.utc) - timedelta(seconds=1))
+    past = times.utc_timestamp(datetime.now(timezone.utc) - timedelta(seconds=1))
     app.store.db.execute("UPDATE outbox SET lease_until = ?", [past])
     receiver = receivers()
     started = time.monotonic()
@@ -499,6 +499,102 @@ def test_two_forwarders_deliver_each_event_once(app, receivers):
         time.sleep(0.2)  # time for a second delivery of any event, were there one
     assert sorted(d.event_id for d in receiver.deliveries) == sorted(e["event_id"] for e in events(app))
     assert {e["state"] for e in events(app)} == {"delivered"}
+
+
+# --- How the loop spends its effort -------------------------------------------------------------
+
+
+def test_a_new_event_is_claimed_at_once_when_another_connection_commits_it(app, receivers, monkeypatch):
+    """When idle, the forwarder looks at `PRAGMA data_version` (no lock) rather than claiming:
+    a commit by the service is seen at the next look, not at the next IDLE_SECONDS."""
+    import mm7soap.forwarder
+
+    monkeypatch.setattr(mm7soap.forwarder, "IDLE_SECONDS", 60.0)
+    receiver = receivers()
+    with running(forwarding(app.settings, receiver.url)) as forwarder:
+        time.sleep(0.2)  # idle now: its first claim found nothing
+        claims = count_exchanges(forwarder, monkeypatch)
+        time.sleep(0.3)
+        assert claims == [], "an idle forwarder with nothing committed claimed anyway"
+        committed = time.monotonic()
+        acknowledged(app, report())  # the app's own connection: another one than the forwarder's
+        eventually(lambda: receiver.deliveries, within=2.0, what="the delivery of a new event")
+    assert receiver.deliveries[0].at - committed < 2.0  # not the 60 s of IDLE_SECONDS
+
+
+def test_an_event_falling_due_with_time_is_claimed_without_any_commit(app, receivers, monkeypatch):
+    """A retry's backoff ends with no commit by anyone: IDLE_SECONDS bound how late it is seen."""
+    import mm7soap.forwarder
+
+    monkeypatch.setattr(mm7soap.forwarder, "IDLE_SECONDS", 0.1)
+    acknowledged(app, report())
+    soon = times.utc_timestamp(datetime.now(timezone.utc) + timedelta(seconds=0.5))
+    app.store.db.execute("UPDATE outbox SET next_attempt_at = ?", [soon])
+    receiver = receivers()
+    with running(forwarding(app.settings, receiver.url)):
+        eventually(lambda: receiver.deliveries, within=3.0, what="the delivery once due")
+
+
+def count_exchanges(forwarder: Forwarder, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The `room` of each claim the forwarder makes from now on."""
+    made: list[int] = []
+    real = forwarder.exchange
+
+    def counted(finished: Any, room: int, renew: Any = ()) -> Any:
+        made.append(room)
+        return real(finished, room, renew)
+
+    monkeypatch.setattr(forwarder, "exchange", counted)
+    return made
+
+
+def test_the_forwarders_own_writes_do_not_wait_for_the_disk_but_the_reports_do(app, receivers):
+    """synchronous NORMAL on the forwarder's connection only: a lost outcome means an event
+    delivered again with the same webhook-id; a lost report would be a lost report."""
+    receiver = receivers()
+    forwarder = Forwarder(forwarding(app.settings, receiver.url))
+    try:
+        assert forwarder.store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert app.store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL, the default
+    finally:
+        forwarder.close()
+    off = Forwarder(forwarding(replace(app.settings, synchronous="OFF"), receiver.url))
+    try:
+        assert off.store.db.execute("PRAGMA synchronous").fetchone()[0] == 0  # the operator's OFF stays
+    finally:
+        off.close()
+
+
+def test_the_late_outcome_of_an_attempt_given_up_is_dropped():
+    """An attempt past its deadline is settled as failed at once; when its thread ends at last,
+    what it says is not settled a second time (the event may be in flight again by then)."""
+    from mm7soap.forwarder import Attempts
+    from mm7soap.outbox import Event, Outcome
+
+    release = threading.Event()
+
+    def deliver(event: Event) -> Outcome:
+        release.wait(5)
+        return Outcome(event.sequence, True, 204)
+
+    attempts = Attempts(2, deliver)
+    event = Event(1, "evt_1", "delivery_report", 1, times.utc_timestamp(), 0)
+    try:
+        attempts.start(event)
+        [(given_up, failed)] = attempts.overdue(deadline=0.0)
+        assert (given_up, failed.delivered, failed.error) == (event, False, "no whole answer within 0 s")
+        attempts.start(event)  # claimed again: a new attempt
+        release.set()
+        ended = attempts.finished(2.0)
+        while len(ended) < 1:
+            ended += attempts.finished(2.0)
+        time.sleep(0.1)
+        ended += attempts.finished(0.1)
+        assert [(e.sequence, o.delivered) for e, o in ended] == [(1, True)], ended  # one, not two
+        assert attempts.in_flight == {}
+    finally:
+        release.set()
+        attempts.close()
 
 
 # --- Configuration ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mm7soap import outbox
+from mm7soap import outbox, times
 from mm7soap.outbox import Backoff, Event, Outcome
 from mm7soap.settings import Settings
 from tests.helpers import call
@@ -158,12 +158,12 @@ def test_settle_schedules_a_retry_by_the_backoff_then_fails_past_max_age(app):
     [row] = events(app)
     assert (row["state"], row["attempts"], row["last_status"], row["last_error"]) == ("pending", 1, 503, "HTTP 503")
     assert row["lease_until"] is None
-    waited = outbox.parse_text(row["next_attempt_at"]) - outbox.parse_text(row["last_attempt_at"])
+    waited = times.parse_stored(row["next_attempt_at"]) - times.parse_stored(row["last_attempt_at"])
     assert waited == timedelta(seconds=2.0)
     assert outbox.claim(app.store.db, 10, 60) == []  # not due yet
 
     # The same event, written as made long ago: the next failure gives it up, and keeps it.
-    old = outbox.now_text(datetime.now(timezone.utc) - timedelta(hours=2))
+    old = times.utc_timestamp(datetime.now(timezone.utc) - timedelta(hours=2))
     aged = Event(claimed.sequence, claimed.event_id, claimed.type, claimed.source_id, old, 1)
     refused = Outcome(aged.sequence, False, None, "ConnectError: refused")
     outbox.settle(app.store.db, [(aged, refused)], backoff, lambda: 0.5)
@@ -171,10 +171,30 @@ def test_settle_schedules_a_retry_by_the_backoff_then_fails_past_max_age(app):
     assert (row["state"], row["attempts"], row["last_status"], row["last_error"]) == ("failed", 2, None, refused.error)
 
 
+def test_an_exchange_settles_and_claims_in_one_transaction_so_the_next_of_a_message_follows(app):
+    """The forwarder's one write per round: the outcome of `Forwarded` is written and
+    `Retrieved` of the same MessageID, blocked until then, is claimed by the same call."""
+    acknowledged(app, report("tx-fwd", "Forwarded"))
+    acknowledged(app, report("tx-ret", "Retrieved"))
+    [forwarded] = outbox.claim(app.store.db, 10, lease_seconds=60)  # the second waits for it
+    backoff = Backoff(first=2.0, cap=10.0, max_age=3600.0)
+    delivered = Outcome(forwarded.sequence, True, 204)
+    statements: list[str] = []
+    app.store.db.conn.set_trace_callback(statements.append)
+    [retrieved] = outbox.exchange(app.store.db, [(forwarded, delivered)], backoff, lambda: 0.5, 10, 60)
+    app.store.db.conn.set_trace_callback(None)
+    assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == ["BEGIN IMMEDIATE", "COMMIT"]
+    assert retrieved.sequence == forwarded.sequence + 1
+    assert [(row["state"], row["lease_until"] is None) for row in events(app)] == [
+        ("delivered", True),
+        ("pending", False),
+    ]
+
+
 def test_a_claim_reads_the_pending_index_in_order_and_sorts_nothing(app):
     """A claim holds the write lock: sorting every pending event there made a backlog of
     50,000 drain at a third of the speed (benchmarks/handoff.py)."""
-    plan = app.store.db.execute(f"EXPLAIN QUERY PLAN {outbox.CLAIM_SQL}", {"now": outbox.now_text(), "limit": 16})
+    plan = app.store.db.execute(f"EXPLAIN QUERY PLAN {outbox.CLAIM_SQL}", {"now": times.utc_timestamp(), "limit": 16})
     steps = [step[-1] for step in plan.fetchall()]
     assert any("USING INDEX outbox_pending" in step and "outbox_pending_order" not in step for step in steps)
     assert not any("TEMP B-TREE" in step for step in steps)

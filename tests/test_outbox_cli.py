@@ -24,10 +24,10 @@ from standardwebhooks import Webhook
 from mm7soap import outbox_admin
 from mm7soap.cli import cli
 from mm7soap.forwarder import Forwarder
-from mm7soap.outbox import now_text
 from mm7soap.schema import MIGRATIONS
 from mm7soap.settings import Settings
 from mm7soap.store import Store
+from mm7soap.times import utc_timestamp as now_text
 from tests.helpers import call
 from tests.test_cli import post_mo
 from tests.test_stored_right import read_reply, report
