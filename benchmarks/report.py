@@ -16,7 +16,7 @@ import gunicorn
 import lxml.etree
 from load import Load
 from measure import TargetRun
-from servers import MM7SOAP, REFERENCE, REPO
+from servers import MM7SOAP, MM7SOAP_QUIET, REFERENCE, REPO
 
 
 @dataclass
@@ -114,6 +114,22 @@ def ratios(lines: Sequence[Line], loads: Sequence[Load]) -> list[str]:
             each = ", ".join(f"{line.target} {line.p99_ms:.1f} ms" for line in [*ours, reference])
             out.append(f"p99 at {load.label} offered over {load.connections} connections: {each}")
     return out
+
+
+OBSERVED_CONNECTIONS = 32  # run.py --observability compares at this many connections
+
+
+def observability_cost(lines: Sequence[Line]) -> list[str]:
+    """What the request log line and the metrics cost: mm7soap's throughput over
+    mm7soap-quiet's, as fast as answered at OBSERVED_CONNECTIONS (1.00: nothing)."""
+    by_target = {
+        line.target: line for line in lines if line.load.rate is None and line.load.connections == OBSERVED_CONNECTIONS
+    }
+    ours, quiet = by_target.get(MM7SOAP.name), by_target.get(MM7SOAP_QUIET.name)
+    if ours is None or quiet is None:
+        return [f"mm7soap / mm7soap-quiet: no run of both at {OBSERVED_CONNECTIONS} connections"]
+    ratio = ours.median_rate / quiet.median_rate
+    return [f"mm7soap / mm7soap-quiet at {OBSERVED_CONNECTIONS} connections: {ratio:.2f} (median req/s)"]
 
 
 def forwarding(done: Sequence[TargetRun]) -> list[str]:

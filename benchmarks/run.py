@@ -4,7 +4,8 @@ Both are served by gunicorn with mm7soap's production settings and loaded in tur
 by wrk, posting Sinch delivery reports over loopback keep-alive connections.  Only the ratio
 within one run means much: the machine is shared, so absolute figures drift between runs.
 `--webhook` adds a third target between them, mm7soap forwarding its events to a local
-receiver (A W B A W B …).  See benchmarks/README.md.
+receiver (A W B A W B …); `--observability` adds mm7soap-quiet after mm7soap (no request
+log line, no metrics) and prints what logging and counting cost.  See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -21,9 +22,27 @@ from pathlib import Path
 
 from load import WRK_SLACK
 from measure import TargetRun, loads, progress_line, run_target
-from report import forwarding, machine, ratios, row_comparison, summarise, table
+from report import (
+    OBSERVED_CONNECTIONS,
+    forwarding,
+    machine,
+    observability_cost,
+    ratios,
+    row_comparison,
+    summarise,
+    table,
+)
 from rows import DRAIN_TIMEOUT, SETTLE_TIMEOUT
-from servers import BENCHMARKS, START_TIMEOUT, STOP_TIMEOUT, TARGETS, WEBHOOK_TARGETS, BenchmarkError, Target
+from servers import (
+    BENCHMARKS,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    TARGETS,
+    WEBHOOK_TARGETS,
+    BenchmarkError,
+    Target,
+    observed,
+)
 
 # Offered req/s of the paced runs: about a quarter and a half of what mm7soap takes at most
 # on a 2-core machine with wrk on the same cores, so that they measure answer time, not a queue.
@@ -52,6 +71,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also measure mm7soap+webhook (forwarding every event to benchmarks/receiver.py), then handoff.py both",
     )
+    parser.add_argument(
+        "--observability",
+        action="store_true",
+        help="also measure mm7soap-quiet (metrics off, log level warning) beside mm7soap, which then logs at info;"
+        f" prints mm7soap / mm7soap-quiet at {OBSERVED_CONNECTIONS} connections",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.threads < 1:
         parser.error("rounds and threads must be ≥ 1, duration > 0, warmup ≥ 0")
@@ -78,7 +103,8 @@ def connection_counts(text: str) -> list[int]:
 
 def targets(args: argparse.Namespace) -> tuple[Target, ...]:
     """What each round measures, in order."""
-    return WEBHOOK_TARGETS if args.webhook else TARGETS
+    chosen = WEBHOOK_TARGETS if args.webhook else TARGETS
+    return observed(chosen) if args.observability else chosen
 
 
 def time_bounds(args: argparse.Namespace) -> tuple[float, float]:
@@ -128,6 +154,8 @@ def report(args: argparse.Namespace, head: list[str], done: list[TargetRun], abo
     lines = summarise(done, loads(args))
     problems = [problem for turn in done for problem in turn.problems()] + aborted
     text = [*head, "", *table(lines), "", *ratios(lines, loads(args)), *row_comparison(done), *forwarding(done)]
+    if args.observability:
+        text += observability_cost(lines)
     text += ["", "problems:", *(f"  {p}" for p in problems)] if problems else ["", "no problems"]
     return text
 

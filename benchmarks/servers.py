@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mm7soap.settings import Settings
@@ -53,6 +53,8 @@ class Target:
     database_variable: str  # the environment variable naming its database
     health_path: str | None  # a GET answering 200 when ready; None: POST one report instead
     webhook: bool = False  # forwards its events to a receiver (receiver.py) started beside it
+    # Variables set last, over the common ones (run.py --observability: the log level, metrics).
+    settings: tuple[tuple[str, str], ...] = ()
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "gunicorn", "-c", str(self.config), self.app]
@@ -69,6 +71,7 @@ class Target:
             # gunicorn ≥ 25 opens a control socket, by default in $HOME: keep each run's apart.
             XDG_RUNTIME_DIR=str(workdir),
         )
+        env.update(self.settings)
         env[self.database_variable] = str(workdir / self.database_file)
         return env
 
@@ -89,6 +92,25 @@ MM7SOAP_WEBHOOK = Target(
 REFERENCE = Target("reference", "reference.db", "reference_app:application", REFERENCE_CONF, "REFERENCE_DATABASE", None)
 TARGETS = (MM7SOAP, REFERENCE)
 WEBHOOK_TARGETS = (MM7SOAP, MM7SOAP_WEBHOOK, REFERENCE)  # run.py --webhook
+
+# run.py --observability: mm7soap as deployed (a request line per report at INFO, /metrics
+# counting), against the same with nothing logged per request and nothing counted.
+LOGGING = (("MM7SOAP_LOG_LEVEL", "info"),)
+MM7SOAP_QUIET = replace(
+    MM7SOAP, name="mm7soap-quiet", settings=(("MM7SOAP_METRICS_ACCESS", "off"), ("MM7SOAP_LOG_LEVEL", "warning"))
+)
+
+
+def observed(targets: tuple[Target, ...]) -> tuple[Target, ...]:
+    """`targets` with mm7soap-quiet after mm7soap, and mm7soap's targets logging at INFO, as
+    deployed (every target logs at WARNING otherwise, which writes no request line)."""
+    done: list[Target] = []
+    for target in targets:
+        done.append(replace(target, settings=LOGGING) if target.app == MM7SOAP.app else target)
+        if target == MM7SOAP:
+            done.append(MM7SOAP_QUIET)
+    return tuple(done)
+
 
 # A fixed Standard Webhooks secret: the receiver checks no signature, but the forwarder signs.
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"mm7soap-benchmark-secret-32bytes").decode()

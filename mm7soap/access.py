@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
+from dataclasses import replace
 from typing import Any
 
 from mm7soap import errors
@@ -81,3 +82,14 @@ class AccessPolicy:
         except (binascii.Error, ValueError):
             return False
         return hmac.compare_digest(digest(given), self.credentials)
+
+
+def scrape_policy(settings: Settings) -> AccessPolicy | None:
+    """Who may GET /metrics (`metrics_access`): with `mm7`, whoever may post (its allow list
+    and credentials), or, when `metrics_allow_ips` is set, that list instead, credentials
+    still required if configured; with `open` (or `off`, where there is no /metrics) None."""
+    if settings.metrics_access != "mm7":
+        return None
+    if settings.metrics_allow_ips:
+        return AccessPolicy(replace(settings, allow_ips=settings.metrics_allow_ips))
+    return AccessPolicy(settings)

@@ -11,11 +11,11 @@ import http.client
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lxml import etree
 
-from mm7soap.mmsc import Connection, HttpReply, Request, fresh
+from mm7soap.mmsc import Connection, HttpReply, Request, Stamps, fresh, utc_now
 from mm7soap.namespaces import SOAP_ENV, local_name
 
 
@@ -123,19 +123,24 @@ def post_and_check(connection: Connection, request: Request) -> Outcome:
     return Outcome(request, reply, check_answer(request, reply))
 
 
-def send_many(request: Request, connect: Callable[[], Connection], count: int, concurrency: int) -> list[Outcome]:
-    """`count` copies of `request` under fresh TransactionIDs, over `concurrency` keep-alive
-    connections at once, as an MMSC flushes a queue of reports after a campaign."""
+def send_many(
+    request: Request, connect: Callable[[], Connection], count: int, concurrency: int, resend: bool = False
+) -> list[Outcome]:
+    """`count` requests over `concurrency` keep-alive connections at once, as an MMSC flushes
+    a queue of reports after a campaign: each a new one (its own TransactionID and Date), or
+    with `resend` the very same request each time, as an MMSC retrying one it got no answer to."""
     local = threading.local()
     opened: list[Connection] = []
     lock = threading.Lock()
+    stamps = Stamps()
+    same = replace(request, sent_at=request.sent_at or utc_now())
 
     def one(number: int) -> Outcome:
         if not hasattr(local, "connection"):
             local.connection = connect()
             with lock:
                 opened.append(local.connection)
-        return post_and_check(local.connection, fresh(request, number))
+        return post_and_check(local.connection, same if resend else fresh(request, number, stamps.next()))
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:

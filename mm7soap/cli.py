@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from mm7soap.content import write_parts
 from mm7soap.envelope import raw_text
 from mm7soap.mmsc import FORMATS, SINCH, Connection, MobileOriginated, Report, Request
 from mm7soap.namespaces import DEFAULT_NAME, MM7_NAMESPACES
-from mm7soap.settings import Settings
+from mm7soap.settings import ENV_PREFIX, Settings
 from mm7soap.store import REPORT_KINDS, Store
 from mm7soap.times import parse_time
 
@@ -73,19 +73,25 @@ def cli() -> None:
     """
 
 
-@cli.command()
+# The help of `serve`: the variables are listed from the Settings dataclass, so never stale.
+SERVE_HELP = """Run the MM7 endpoint under gunicorn.
+
+A flag overrides its MM7SOAP_* environment variable; every other setting is read from its
+variable (README, Settings): {variables}.
+
+\b
+Example:
+    mm7soap serve --database /var/lib/mm7soap/mm7soap.db --host 0.0.0.0 --port 8080
+"""
+
+
+@cli.command(help=SERVE_HELP.format(variables=", ".join(ENV_PREFIX + f.name.upper() for f in fields(Settings))))
 @database_option
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", "-p", type=int, default=None, help="Port to listen on (default 8080).")
 @click.option("--path", default=None, help="Endpoint path (default /mm7; / also works).")
 @click.option("--workers", "-w", type=int, default=None, help="gunicorn worker processes (default 2).")
 def serve(database: str | None, host: str | None, port: int | None, path: str | None, workers: int | None) -> None:
-    """Run the MM7 endpoint under gunicorn.
-
-    \b
-    Example:
-        mm7soap serve --database /var/lib/mm7soap/mm7soap.db --host 0.0.0.0 --port 8080
-    """
     from mm7soap.serving import configured
     from mm7soap.serving import serve as run
 
@@ -283,9 +289,30 @@ def cell(value: Any) -> str:
 @click.option("--carrier-id", help="X-Mblox-Carrier-Id header, e.g. 0001890.")
 @click.option("--user", help="HTTP Basic user.")
 @click.option("--password", help="HTTP Basic password.")
-@click.option("--format", "wire_format", type=click.Choice(FORMATS), default=SINCH, show_default=True)
-@click.option("--count", type=click.IntRange(min=1), default=1, help="Send this many, each with a fresh TransactionID.")
+@click.option(
+    "--format",
+    "wire_format",
+    type=click.Choice(FORMATS),
+    default=SINCH,
+    show_default=True,
+    help="How the envelope is framed: sinch (multipart/related with no boundary around a bare envelope,"
+    " as Sinch sends reports), text-xml (a plain text/xml body), swa (SOAP with Attachments: a real"
+    " multipart/related with start). An MO with FILES is always multipart/related.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Send this many distinct requests, each with its own TransactionID and Date (TimeStamp),"
+    " so that each is stored; prints a summary instead of each answer.",
+)
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, help="Connections used at once with --count.")
+@click.option(
+    "--resend",
+    is_flag=True,
+    help="With --count: send the very same request (TransactionID and Date too) each time, as an MMSC"
+    " retrying it; the endpoint should store it once and acknowledge every copy.",
+)
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for each answer.")
 def send(url: str, files: tuple[Path, ...], **options: Any) -> None:
     """Post an MM7 request to URL as an MMSC (Sinch) does, print the answer and check it.
@@ -294,8 +321,18 @@ def send(url: str, files: tuple[Path, ...], **options: Any) -> None:
     namespace, MM7Version and TransactionID (with mustUnderstand) echoed, StatusCode 1000.
     The exit status is 0 only when every check passed for every request sent.
 
+    By default a DeliveryReportReq; --read-reply sends a ReadReplyReq, --deliver an MO
+    (DeliverReq) carrying FILES. The examples: a read reply, an MO with two attachments,
+    200 distinct delivery reports over 8 connections, and one delivery report.
+
     \b
     Example:
+        mm7soap send http://127.0.0.1:8080/mm7 --read-reply \\
+            --message-id 4711 --recipient 15551230001 --sender 24680
+        mm7soap send http://127.0.0.1:8080/mm7 --deliver photo.jpg note.txt \\
+            --sender 15551230001 --recipient 24680 --subject Hi --linked-id mo-1
+        mm7soap send http://127.0.0.1:8080/mm7 --count 200 --concurrency 8 \\
+            --message-id 4711 --recipient 15551230001 --sender 24680
         mm7soap send http://127.0.0.1:8080/mm7 --message-id 4711 --recipient 15551230001 --sender 24680
     """
     request = mmsc_request(files, options)
@@ -310,8 +347,8 @@ def send(url: str, files: tuple[Path, ...], **options: Any) -> None:
             raise SystemExit(1)
         return
     started = time.monotonic()
-    outcomes = send_many(request, connect, options["count"], options["concurrency"])
-    print_summary(outcomes, time.monotonic() - started)
+    outcomes = send_many(request, connect, options["count"], options["concurrency"], options["resend"])
+    print_summary(outcomes, time.monotonic() - started, options["resend"])
     if not all(outcome.passed for outcome in outcomes):
         raise SystemExit(1)
 
@@ -371,9 +408,22 @@ def print_outcome(outcome: Outcome) -> None:
         click.echo(f"{'PASS' if check.passed else 'FAIL'}  {check.name}{detail}")
 
 
-def print_summary(outcomes: list[Outcome], seconds: float) -> None:
+def print_summary(outcomes: list[Outcome], seconds: float, resend: bool) -> None:
+    """How many passed, and what that means for what the endpoint stored: the answer does not
+    say whether a request was stored or taken as a resend of one stored before."""
     succeeded = sum(outcome.passed for outcome in outcomes)
     click.echo(f"{len(outcomes)} sent, {succeeded} succeeded, {len(outcomes) - succeeded} failed in {seconds:.2f} s")
+    request = outcomes[0].request
+    if resend:
+        click.echo(
+            f"the same {request.operation} {len(outcomes)} times (--resend): it should be stored once,"
+            " every other copy acknowledged as a resend"
+        )
+    else:
+        click.echo(
+            f"{len(outcomes)} distinct {request.operation}, each with its own TransactionID and"
+            f" {request.stamp_name}: each one acknowledged should be stored as a new one"
+        )
     failures = Counter(check.name for outcome in outcomes for check in outcome.checks if not check.passed)
     for name, times in failures.most_common():
         click.echo(f"FAIL  {name}: {times}")
@@ -554,3 +604,10 @@ def parse_age(value: str) -> float:
         return outbox_admin.parse_age(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+# `stats` and `prune` (issue 19) are in a module of their own, which uses the helpers above.
+from mm7soap.cli_operations import OPERATIONS  # noqa: E402
+
+for command in OPERATIONS:
+    cli.add_command(command)

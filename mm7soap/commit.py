@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from mm7soap.connections import Connections
 
 Work = Callable[[sqlite_utils.Database], Any]
+# Told of each commit: how many writes it held and how many seconds it took (mm7soap.metrics).
+CommitObserver = Callable[[int, float], None]
 
 # The pause between tries for SQLite's write lock: short, since another process holds it
 # for one commit (about a millisecond), and growing only a little.
@@ -48,9 +50,10 @@ class Ticket:
 class GroupCommit:
     """The writes of one process, committed in groups by whichever thread is leading."""
 
-    def __init__(self, connections: Connections, busy_timeout_ms: int) -> None:
+    def __init__(self, connections: Connections, busy_timeout_ms: int, observe: CommitObserver | None = None) -> None:
         self.connections = connections  # the calling thread's connection is the leader's
         self.busy_timeout_ms = busy_timeout_ms
+        self.observe = observe
         # Guards `pending` and `leading`; notified when a leader is done.  Each waiting
         # thread wakes then, and one whose write was committed returns at once: waiting on
         # one lock for the leader's turn, it could queue behind the next leader's whole commit.
@@ -90,6 +93,7 @@ class GroupCommit:
 
     def commit(self, batch: list[Ticket]) -> None:
         db: sqlite_utils.Database | None = None
+        started = time.perf_counter()
         try:
             db = self.connections.for_writing()
             begin_immediate(db.conn, self.busy_timeout_ms)
@@ -102,6 +106,9 @@ class GroupCommit:
                 ticket.error = ticket.error or store_error(exc)
             if not isinstance(exc, Exception):
                 raise
+        else:  # a commit that failed is counted by its requests' 3000s, not here
+            if self.observe is not None:
+                self.observe(len(batch), time.perf_counter() - started)
         finally:
             for ticket in batch:  # whatever happened, no ticket is left waiting or acknowledged
                 ticket.done = True

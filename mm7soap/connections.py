@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -109,11 +110,18 @@ class Connections:
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
         )
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        return sqlite_utils.Database(conn)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            return sqlite_utils.Database(conn)
+        except BaseException:
+            # A file that is not a database opens, then fails at the first statement: close it
+            # here, or it holds the file open until the garbage collector finds it (Python
+            # 3.13 warns then, in whichever test or request happens to be running).
+            conn.close()
+            raise
 
     def close(self) -> None:
         """Close every connection this process opened (not those inherited across a fork)."""
@@ -138,3 +146,25 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
         if db.conn.in_transaction:
             db.conn.execute("ROLLBACK")
         raise
+
+
+def in_batches(
+    db: sqlite_utils.Database,
+    step: Callable[[int], int | None],
+    pause: float,
+    stopping: threading.Event | None = None,
+) -> None:
+    """Long work as short write transactions: `step(after)` runs in its own BEGIN IMMEDIATE …
+    COMMIT, again and again, with a `pause` between, until it returns None instead of where
+    the next one starts (first 0), or `stopping` is set.  A report waits for one step at
+    most, never for the whole work (outbox prune, retention)."""
+    after: int | None = 0
+    while after is not None and not (stopping is not None and stopping.is_set()):
+        with transaction(db):
+            after = step(after)
+        if after is None:
+            return
+        if stopping is None:
+            time.sleep(pause)
+        elif stopping.wait(pause):
+            return

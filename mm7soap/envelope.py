@@ -80,6 +80,9 @@ class Reply:
     namespace: str = DEFAULT_NAMESPACE
     mm7_version: str | None = None
     transaction_id: str | None = None
+    # The request element ("DeliveryReportReq") when it is one served, in an MM7 namespace:
+    # for the request log and metrics of a request refused before it was read whole.
+    operation: str = ""
 
 
 def make_parser(encoding: str | None = None) -> etree.XMLParser:
@@ -218,6 +221,8 @@ def read_reply(data: bytes, charset: str | None = None) -> Reply:
     name = next((mm7_name(namespace_of(tag)) for tag in tags if mm7_name(namespace_of(tag))), None)
     if name:
         reply.namespace = MM7_NAMESPACES[name]
+        if operation is not None and local_name(operation.tag) in SERVED_OPERATIONS:
+            reply.operation = local_name(operation.tag)
     if operation is not None:
         version = first_child(operation, "MM7Version")
         reply.mm7_version = text_of(version) if version is not None else None

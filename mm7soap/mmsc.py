@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import http.client
 import mimetypes
+import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -65,12 +66,19 @@ class Request:
     transaction_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     carrier_id: str | None = None
     wire_format: str = SINCH
+    # The request's Date (TimeStamp in a read reply or MO); None: the time it is posted.
+    sent_at: datetime | None = None
 
     @property
     def operation(self) -> str:
         if isinstance(self.body, MobileOriginated):
             return "DeliverReq"
         return "ReadReplyReq" if self.body.read_reply else "DeliveryReportReq"
+
+    @property
+    def stamp_name(self) -> str:
+        """The element `sent_at` fills."""
+        return "Date" if self.operation == "DeliveryReportReq" else "TimeStamp"
 
     @property
     def mm7_version(self) -> str:
@@ -86,7 +94,7 @@ def address(parent: etree._Element, ns: str, name: str, value: str) -> None:
 def envelope(request: Request, now: datetime | None = None) -> bytes:
     """The SOAP envelope in Sinch's style: `soap-env:` prefix, MM7 as the default namespace."""
     ns, body = request.namespace, request.body
-    moment = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    moment = (now or request.sent_at or utc_now()).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     root = etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap={"soap-env": SOAP_ENV, None: ns})
     header = etree.SubElement(root, f"{{{SOAP_ENV}}}Header")
     transaction = etree.SubElement(header, f"{{{ns}}}TransactionID", {f"{{{SOAP_ENV}}}mustUnderstand": "1"})
@@ -102,7 +110,7 @@ def envelope(request: Request, now: datetime | None = None) -> bytes:
         element("MessageID", body.message_id)
         address(operation, ns, "Recipient", body.recipient)
         address(operation, ns, "Sender", body.sender)
-        element("TimeStamp" if body.read_reply else "Date", moment)
+        element(request.stamp_name, moment)
         element("MMStatus", body.status)
         element("StatusText", body.status_text)
     else:
@@ -211,6 +219,33 @@ class Connection:
             self._connection = None
 
 
-def fresh(request: Request, number: int) -> Request:
-    """The same request under a new TransactionID, for repeated sending."""
-    return replace(request, transaction_id=f"{request.transaction_id}-{number}")
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Stamps:
+    """Send times for requests sent in a burst, never two in one millisecond.
+
+    The Date (or TimeStamp) is written to the millisecond, and a report that says the same
+    as a stored one, Date included, is a resend (mm7soap/resend.py): reports posted in the
+    same millisecond were stored once and acknowledged N times.  A stamp that would repeat the
+    last one is moved on by a millisecond, so each is the time of sending, or just after it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: datetime | None = None
+
+    def next(self) -> datetime:
+        now = utc_now()
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        with self._lock:
+            if self._last is not None and now <= self._last:
+                now = self._last + timedelta(milliseconds=1)
+            self._last = now
+            return now
+
+
+def fresh(request: Request, number: int, sent_at: datetime) -> Request:
+    """The request as the `number`th of a burst: a TransactionID and a Date of its own, so
+    that it is a new request, not a resend of another."""
+    return replace(request, transaction_id=f"{request.transaction_id}-{number}", sent_at=sent_at)

@@ -71,27 +71,37 @@ class Outcome:
     error: str | None = None
 
 
+# An event is due at its commit, or, when an earlier event of its MessageID is still waiting
+# for a retry, not before that one: it could not be delivered before it anyway, and the claim
+# (CLAIM_SQL) then walks only events that can go.  With the receiver down, Sinch's Retrieved
+# arriving behind each failing Forwarded would otherwise pile up among the due events and make
+# every claim, which holds the write lock, read all of them.
+RECORD_SQL = f"""
+INSERT INTO {OUTBOX} (event_id, type, source_id, order_key, created_at, next_attempt_at)
+VALUES (?, ?, ?, ?, ?5, max(?5, coalesce((
+    SELECT max(next_attempt_at) FROM {OUTBOX} WHERE state = 'pending' AND order_key = ?6), '')))
+"""
+
+
 def record(db: sqlite_utils.Database, type: str, source_id: int, order_key: str | None, created_at: str) -> int:
     """Write the event of a row just inserted, in the caller's transaction; its sequence."""
-    cursor = db.conn.execute(
-        f"INSERT INTO {OUTBOX} (event_id, type, source_id, order_key, created_at, next_attempt_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        [f"evt_{uuid.uuid4().hex}", type, source_id, order_key, created_at, created_at],
-    )
+    cursor = db.conn.execute(RECORD_SQL, [f"evt_{uuid.uuid4().hex}", type, source_id, order_key, created_at, order_key])
     return int(cursor.lastrowid or 0)
 
 
 # INDEXED BY: without statistics SQLite picks `outbox_state_created` for `state = 'pending'`
-# and sorts every pending event for ORDER BY, on each claim and holding the write lock (38 ms
-# with 50,000 pending: a backlog drained at a third of the speed).  The partial index is
-# already in sequence order, so the scan stops at `limit` due events (0.04 ms).
+# and sorts every pending event, on each claim and holding the write lock (38 ms with 50,000
+# pending).  `outbox_due` (migration 8) is in (next_attempt_at, sequence) order, so the scan
+# reads only the due events and stops at `limit`: with the receiver down and 50,000 events
+# waiting for their retry, a claim took 9 ms on `outbox_pending` (in sequence order, reading
+# every one of them) and now reads none of them.  Order per MessageID is kept by NOT EXISTS.
 CLAIM_SQL = f"""
-SELECT sequence, event_id, type, source_id, created_at, attempts FROM {OUTBOX} AS o INDEXED BY outbox_pending
+SELECT sequence, event_id, type, source_id, created_at, attempts FROM {OUTBOX} AS o INDEXED BY outbox_due
 WHERE state = 'pending' AND next_attempt_at <= :now AND (lease_until IS NULL OR lease_until <= :now)
   AND (order_key IS NULL OR NOT EXISTS (
       SELECT 1 FROM {OUTBOX} AS earlier
       WHERE earlier.state = 'pending' AND earlier.order_key = o.order_key AND earlier.sequence < o.sequence))
-ORDER BY sequence LIMIT :limit
+ORDER BY next_attempt_at, sequence LIMIT :limit
 """
 
 
@@ -135,6 +145,11 @@ class Backoff:
         doublings = min(max(attempts - 1, 0), MAX_DOUBLINGS)
         return min(self.cap, self.first * 2**doublings) * (0.5 + jitter)
 
+    def gives_up(self, created_at: str, now: datetime) -> bool:
+        """Whether an event created at `created_at` whose attempt failed at `now` is past the
+        maximum age: `failed` for good (the forwarder counts it so, with the same `now`)."""
+        return now - parse_stored(created_at) >= timedelta(seconds=self.max_age)
+
 
 def settle(db: sqlite_utils.Database, events: list[tuple[Event, Outcome]], backoff: Backoff, jitter: Any) -> None:
     """Write the outcomes of deliveries in one transaction."""
@@ -150,13 +165,21 @@ def exchange(
     limit: int,
     lease_seconds: float,
     renew: tuple[int, ...] = (),
+    now: datetime | None = None,
 ) -> list[Event]:
     """`settle` and `claim` in one transaction: the forwarder's one write per round, so that
     each commit (and its wait for the disk) is shared by every delivery that finished."""
-    now = datetime.now(timezone.utc)
+    now = now or datetime.now(timezone.utc)
     with transaction(db):
         write_outcomes(db, now, finished, backoff, jitter)
         return take_due(db, now, limit, lease_seconds, renew)
+
+
+SUCCESSORS_WAIT_SQL = f"""
+UPDATE {OUTBOX} SET next_attempt_at = :retry_at
+WHERE state = 'pending' AND next_attempt_at < :retry_at AND sequence > :sequence
+  AND order_key = (SELECT order_key FROM {OUTBOX} WHERE sequence = :sequence)
+"""
 
 
 def write_outcomes(
@@ -172,7 +195,7 @@ def write_outcomes(
                 [stamp, attempts, stamp, outcome.status, event.sequence],
             )
             continue
-        given_up = now - parse_stored(event.created_at) >= timedelta(seconds=backoff.max_age)
+        given_up = backoff.gives_up(event.created_at, now)
         retry_at = utc_timestamp(now + timedelta(seconds=backoff.delay(attempts, jitter())))
         db.conn.execute(
             f"UPDATE {OUTBOX} SET state = ?, next_attempt_at = ?, attempts = ?, last_attempt_at = ?,"
@@ -180,10 +203,18 @@ def write_outcomes(
             ["failed" if given_up else "pending", retry_at, attempts, stamp, outcome.status, outcome.error,
              event.sequence],
         )  # fmt: skip
+        if not given_up:  # the later events of its MessageID wait for it (see RECORD_SQL)
+            db.conn.execute(SUCCESSORS_WAIT_SQL, {"retry_at": retry_at, "sequence": event.sequence})
 
 
 def pending_count(db: sqlite_utils.Database) -> int:
     return int(db.execute(f"SELECT count(*) FROM {OUTBOX} WHERE state = 'pending'").fetchone()[0])
+
+
+def oldest_pending(db: sqlite_utils.Database) -> str | None:
+    """When the oldest pending event was committed, or None: one look into the index on
+    (state, created_at), whatever the backlog."""
+    return db.execute(f"SELECT min(created_at) FROM {OUTBOX} WHERE state = 'pending'").fetchone()[0]
 
 
 def data_version(db: sqlite_utils.Database) -> int:

@@ -240,6 +240,27 @@ def migrate_6_outbox(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE INDEX outbox_state_created ON {OUTBOX} (state, created_at)")
 
 
+def migrate_7_stats_and_retention(db: sqlite_utils.Database) -> None:
+    # `mm7soap stats` (issue 19) takes each MMS (MessageID and recipient) with the times of its
+    # reports from this index alone, in its order, without sorting a million rows.  It begins
+    # with message_id, so it serves every lookup by MessageID that migration 1's index did;
+    # that one is dropped, and the intake writes no more indexes for it than before.
+    db.execute(f"DROP INDEX IF EXISTS {REPORTS}_message_id")
+    db.execute(f"CREATE INDEX {REPORTS}_message ON {REPORTS} (message_id, recipient, received_at, date_utc)")
+    # A time window (`stats --since`, `reports --since`): the MessageIDs of its reports from the
+    # index alone, not a scan of every report.
+    db.execute(f"CREATE INDEX {REPORTS}_received_at ON {REPORTS} (received_at, message_id)")
+    db.execute(f"CREATE INDEX {READ_REPLIES}_received_at ON {READ_REPLIES} (received_at)")
+    # Retention (mm7soap.retention) never deletes a row whose event is not delivered: that event
+    # is found from the row.  Only undelivered events are in it, so it stays small.
+    db.execute(f"CREATE INDEX {OUTBOX}_undelivered ON {OUTBOX} (type, source_id) WHERE state != 'delivered'")
+
+
+def migrate_8_outbox_due(db: sqlite_utils.Database) -> None:
+    # The claim reads only the events that are due (mm7soap.outbox.CLAIM_SQL), not every pending one.
+    db.execute(f"CREATE INDEX outbox_due ON {OUTBOX} (next_attempt_at, sequence) WHERE state = 'pending'")
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     migrate_1_delivery_reports,
     migrate_2_health,
@@ -247,4 +268,6 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     migrate_4_messages,
     migrate_5_resend_is_the_same_content,
     migrate_6_outbox,
+    migrate_7_stats_and_retention,
+    migrate_8_outbox_due,
 )

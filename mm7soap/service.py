@@ -17,10 +17,10 @@ from spyne.server import ServerBase
 
 from mm7soap import binding, envelope, errors
 from mm7soap.content import mm_content
-from mm7soap.namespaces import MM7_NAMESPACES, default_version
+from mm7soap.namespaces import MM7_NAMESPACES, default_version, mm7_name
 from mm7soap.records import Inbound, delivery_report_row, message_row, part_rows, read_reply_row
 from mm7soap.soap import MM7Soap11, fault_document
-from mm7soap.store import Store
+from mm7soap.store import Store, Stored
 from mm7soap.types import MM7Types
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class Call:
     envelope: envelope.ReadEnvelope
     inbound: Inbound
     error: errors.MM7Error | None = None
+    stored: Stored | None = None  # what the store made of it (a resend is `duplicate`)
 
 
 @dataclass
@@ -49,10 +50,21 @@ class OperationContext:
 
 @dataclass(frozen=True)
 class Answer:
-    """The SOAP answer to one request: whether it is a Fault, and its bytes."""
+    """The SOAP answer to one request: whether it is a Fault, and its bytes; and what the
+    request was, as far as it was read, for the request log and the metrics."""
 
     fault: bool
     body: bytes
+    operation: str = ""  # "DeliveryReport", "ReadReply", "Deliver"; "" when the envelope was not read
+    namespace: str = ""  # the MM7 namespace by name, e.g. "REL-6-MM7-1-4"; "" when not read
+    transaction_id: str | None = None
+    message_id: str | None = None
+    error: errors.MM7Error | None = None  # what the Fault says
+    resent: bool = False  # a resend of a stored request: answered 1000, not stored again
+
+    @property
+    def status_code(self) -> int:
+        return self.error.status_code if self.error is not None else 1000
 
 
 class MM7Application(Application):
@@ -105,14 +117,14 @@ def build_application(namespace: str, store: Store, service_code: str = "") -> M
         @operation(types.DeliveryReportReq, "DeliveryReport", types.GenericResponse)
         def DeliveryReport(ctx: MethodContext, req: Any) -> Any:
             """Store a delivery report, then acknowledge it (1000), or fault 3000."""
-            store.save_delivery_report(delivery_report_row(req, ctx.udc.envelope, ctx.udc.inbound))
+            ctx.udc.stored = store.save_delivery_report(delivery_report_row(req, ctx.udc.envelope, ctx.udc.inbound))
             ctx.out_header = ctx.in_header
             return binding.new(types.GenericResponse, **success(types, namespace, req))
 
         @operation(types.ReadReplyReq, "ReadReply", types.GenericResponse)
         def ReadReply(ctx: MethodContext, req: Any) -> Any:
             """Store a read reply, then acknowledge it (1000), or fault 3000."""
-            store.save_read_reply(read_reply_row(req, ctx.udc.envelope, ctx.udc.inbound))
+            ctx.udc.stored = store.save_read_reply(read_reply_row(req, ctx.udc.envelope, ctx.udc.inbound))
             ctx.out_header = ctx.in_header
             return binding.new(types.GenericResponse, **success(types, namespace, req))
 
@@ -121,7 +133,7 @@ def build_application(namespace: str, store: Store, service_code: str = "") -> M
             """Store a mobile-originated MM and all its parts, then acknowledge it (1000)."""
             call = ctx.udc
             content = mm_content(req.Content.href if req.Content is not None else None, call.inbound.attachments)
-            store.save_message(message_row(req, call.envelope, call.inbound, content), part_rows(content))
+            call.stored = store.save_message(message_row(req, call.envelope, call.inbound, content), part_rows(content))
             ctx.out_header = ctx.in_header
             return binding.new(types.DeliverRsp, **success(types, namespace, req), ServiceCode=service_code or None)
 
@@ -150,7 +162,10 @@ class Endpoint:
         read: envelope.ReadEnvelope | None = None
         try:
             read = envelope.read(inbound.raw_envelope, inbound.charset)
-            return Answer(fault=False, body=self.run(read, inbound))
+            call = Call(envelope=read, inbound=inbound)
+            body = self.perform(call)
+            resent = call.stored is not None and call.stored.duplicate
+            return Answer(False, body, **described(read), resent=resent)
         except errors.MM7Error as exc:
             return self.fault(exc, read, inbound)
         except Exception:
@@ -158,12 +173,17 @@ class Endpoint:
             return self.fault(errors.MM7Error("unexpected server error"), read, inbound)
 
     def run(self, read: envelope.ReadEnvelope, inbound: Inbound) -> bytes:
+        return self.perform(Call(envelope=read, inbound=inbound))
+
+    def perform(self, call: Call) -> bytes:
         """Call the request's operation on what `binding` read of the canonical request, and
         write its answer with `binding`: Spyne's declarations, without Spyne's per-request
-        machinery (issue 7).  `tests/test_binding.py` runs Spyne's own pipeline beside it."""
+        machinery (issue 7).  `tests/test_binding.py` runs Spyne's own pipeline beside it.
+        What the store made of the request is left on `call`."""
+        read = call.envelope
         descriptor = self.operations[read.namespace][read.operation]
         request = binding.read(descriptor.in_message, read.request)
-        context = OperationContext(udc=Call(envelope=read, inbound=inbound), in_header=read.transaction_id)
+        context = OperationContext(udc=call, in_header=read.transaction_id)
         response = descriptor.function(context, request)
         echoed = read.transaction_id if context.out_header is not None else None
         name = read.operation.removesuffix("Req") + "Rsp"
@@ -173,9 +193,22 @@ class Endpoint:
         """The Fault for `error`, in the request's namespace as far as it could be read."""
         if read is not None:
             reply = envelope.Reply(read.namespace, read.mm7_version, read.transaction_id)
-        else:
-            reply = envelope.read_reply(inbound.raw_envelope, inbound.charset)
-        return Answer(fault=True, body=fault_document(error, reply))
+            return Answer(True, fault_document(error, reply), **described(read), error=error)
+        reply = envelope.read_reply(inbound.raw_envelope, inbound.charset)
+        namespace = (mm7_name(reply.namespace) or "") if reply.operation else ""  # only a served request's
+        body = fault_document(error, reply)
+        return Answer(True, body, reply.operation.removesuffix("Req"), namespace, reply.transaction_id, error=error)
+
+
+def described(read: envelope.ReadEnvelope) -> dict[str, Any]:
+    """What an Answer tells of the request it answers."""
+    message_id = read.request.child("MessageID")
+    return {
+        "operation": read.operation.removesuffix("Req"),
+        "namespace": read.namespace_name,
+        "transaction_id": read.transaction_id,
+        "message_id": message_id.text if message_id is not None else None,
+    }
 
 
 __all__ = ["Answer", "Endpoint", "build_application"]

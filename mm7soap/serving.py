@@ -21,12 +21,12 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.http import wsgi as gunicorn_wsgi
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from mm7soap import errors
+from mm7soap import errors, metrics, requestlog
 from mm7soap.envelope import Reply
 from mm7soap.settings import ENV_PREFIX, Settings, parse_value
 from mm7soap.soap import fault_document
 from mm7soap.store import Store
-from mm7soap.supervisor import ForwarderProcess
+from mm7soap.supervisor import ForwarderProcess, RetentionProcess
 from mm7soap.wsgi import create_app
 
 
@@ -59,19 +59,32 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     """gunicorn settings for mm7soap; the schema is migrated once, in the master."""
 
     def on_starting(server: Any) -> None:
+        # Before the workers fork: they inherit the request log's handler and the metrics'
+        # directory (mm7soap/requestlog.py, mm7soap/metrics.py).
+        requestlog.configure(settings)
+        metrics.start_multiprocess(settings)
         store = Store(settings)
         store.migrate()
         store.close()  # workers open their own connections after the fork
 
-    forwarder = ForwarderProcess(settings) if settings.webhook_url else None
+    forwarder = ForwarderProcess(settings, exited=metrics.process_exited) if settings.webhook_url else None
+    retention = RetentionProcess(settings) if settings.retention_days else None
 
     def when_ready(server: Any) -> None:
         if forwarder is not None:
             forwarder.start()
+        if retention is not None:
+            retention.start()
+
+    def child_exit(server: Any, worker: Any) -> None:
+        metrics.process_exited(worker.pid)  # its counts kept, its files folded (a SIGKILL too)
 
     def on_exit(server: Any) -> None:
         if forwarder is not None:
             forwarder.stop()
+        if retention is not None:
+            retention.stop()
+        metrics.stop_multiprocess()
 
     return {
         "bind": settings.bind,
@@ -95,8 +108,32 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "preload_app": False,
         "on_starting": on_starting,
         "when_ready": when_ready,
+        "child_exit": child_exit,
         "on_exit": on_exit,
+        **control_socket(settings),  # gunicornc's socket: one per instance, not one per user
     }
+
+
+# The longest path an AF_UNIX socket can have on Linux (108 bytes with the closing NUL).
+UNIX_PATH_MAX = 107
+
+
+def control_socket(settings: Settings) -> dict[str, Any]:
+    """gunicorn's control socket (for `gunicornc`) beside the database, named after it and the
+    port: `/var/lib/mm7soap/mm7soap.db.8080.ctl`.
+
+    gunicorn's default, $XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl, is one path
+    for every instance a user runs, and gunicorn removes whatever is there when it starts, before
+    each worker it forks and when it stops: one instance took the other's socket away.  The
+    port tells apart instances sharing one database.  No socket at all when the database has no
+    folder (`:memory:`) or the path is too long for a socket; `--control-socket` on gunicorn's
+    command line still chooses one."""
+    if settings.database == ":memory:":
+        return {"control_socket_disable": True}
+    path = f"{os.path.abspath(settings.database)}.{settings.port}.ctl"
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        return {"control_socket_disable": True}
+    return {"control_socket": path}
 
 
 class CapturedSocket:

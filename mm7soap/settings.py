@@ -68,7 +68,7 @@ class Settings:
     # 1: each event carries the raw SOAP envelope as text too.
     webhook_include_raw: int = 0
     # Operations (issue 19).  Who may GET /metrics: `mm7` (the MM7 path's allow list and
-    # credentials), `open` (anyone who reaches the port), or `off` (404).
+    # credentials), `open` (anyone who reaches the port), or `off` (404, and nothing is counted).
     metrics_access: str = "mm7"
     # Networks (CIDRs) allowed to scrape /metrics instead of the MM7 path's (with `mm7`).
     metrics_allow_ips: tuple[str, ...] = ()
@@ -76,7 +76,9 @@ class Settings:
     log_format: str = "text"
     # Seconds /health may take: past it, it answers 503 whatever the database is doing.
     health_timeout: float = 1.0
-    # Days reports, messages and delivered events are kept; 0 keeps them for ever.
+    # Days reports, read replies, MO messages and delivered events are kept; the service prunes
+    # older ones every hour (mm7soap.retention), never a row whose event is not delivered.
+    # 0 keeps everything for ever; `mm7soap prune` without --older-than uses it.
     retention_days: float = 0.0
 
     @classmethod

@@ -20,7 +20,7 @@ from typing import Any
 import sqlite_utils
 
 from mm7soap import errors, outbox
-from mm7soap.commit import GroupCommit
+from mm7soap.commit import CommitObserver, GroupCommit
 from mm7soap.connections import Connections, transaction
 from mm7soap.schema import (
     MESSAGE_COLUMNS,
@@ -66,6 +66,8 @@ class Store:
         self.synchronous = settings.synchronous.upper()
         self.connections = Connections(self.path, self.busy_timeout_ms, self.synchronous, self.migrate)
         self._writes: tuple[int, GroupCommit] | None = None
+        # Told of each group commit (mm7soap.metrics); set before the first write.
+        self.observe_commit: CommitObserver | None = None
 
     def __enter__(self) -> Store:
         return self
@@ -84,19 +86,13 @@ class Store:
 
     def migrate(self) -> int:
         """Bring the schema up to date; returns the schema version.  Safe to run concurrently."""
-        db = self.db
-        with transaction(db):
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-                migration(db)
-                db.execute(f"PRAGMA user_version = {number}")
-        return len(MIGRATIONS)
+        return migrate(self.db)
 
     @property
     def writes(self) -> GroupCommit:
         """This process's group commit (made after any fork, like the connections)."""
         if self._writes is None or self._writes[0] != os.getpid():
-            self._writes = (os.getpid(), GroupCommit(self.connections, self.busy_timeout_ms))
+            self._writes = (os.getpid(), GroupCommit(self.connections, self.busy_timeout_ms, self.observe_commit))
         return self._writes[1]
 
     def save_delivery_report(self, row: dict[str, Any]) -> Stored:
@@ -130,9 +126,18 @@ class Store:
 
         return self.writes.run(work)
 
-    def check_writable(self) -> None:
-        """Commit one small write, as a report would be; StoreError when that fails."""
-        self.writes.run(
+    def separate_writes(self) -> GroupCommit:
+        """A group commit on connections of its own, which `close` leaves alone: for a thread
+        that may outlive its caller (mm7soap/health.py), whose connection no other thread may
+        close while it is in use (closing a connection another thread is using crashes)."""
+        connections = Connections(self.path, self.busy_timeout_ms, self.synchronous)
+        connections.prepare = lambda: migrate(connections.db)
+        return GroupCommit(connections, self.busy_timeout_ms)
+
+    def check_writable(self, writes: GroupCommit) -> None:
+        """Commit one small write through `writes` (/health's `separate_writes`), as a report
+        would be; StoreError when that fails."""
+        writes.run(
             lambda db: db.conn.execute(
                 "INSERT INTO health (id, checked_at) VALUES (1, ?)"
                 " ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
@@ -211,6 +216,16 @@ class Store:
         if PARTS not in self.db.table_names():
             return []
         return [dict(zip(columns, found, strict=True)) for found in self.db.execute(sql, [message]).fetchall()]
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Bring the schema of `db` up to date; returns the schema version."""
+    with transaction(db):
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            migration(db)
+            db.execute(f"PRAGMA user_version = {number}")
+    return len(MIGRATIONS)
 
 
 # The row a report resends: the one that says the same (the table's unique index, as a query).

@@ -5,6 +5,7 @@ gunicorn.conf.py`) starts `python -m mm7soap.forwarder` once it is ready, starts
 it dies (after a pause, so a forwarder that cannot start does not spin), and stops it when
 the master exits.  It is a process of its own, so a slow receiver never takes a worker's CPU
 or memory, and killing it loses nothing: its leased events are delivered after the lease.
+`RetentionProcess` runs the hourly prune (mm7soap.retention) beside it the same way (issue 19).
 """
 
 from __future__ import annotations
@@ -52,14 +53,23 @@ def dies_with_its_parent() -> Callable[[], None] | None:
 
 
 class ForwarderProcess:
-    def __init__(self, settings: Settings) -> None:
+    # What runs beside the workers, as `python -m module` (RetentionProcess runs another).
+    module = "mm7soap.forwarder"
+    name = "forwarder"
+
+    def __init__(self, settings: Settings, exited: Callable[[int], None] | None = None) -> None:
+        self.settings = settings
         self.environment = settings.environment()
+        self.exited = exited  # told each exited forwarder's pid (its metrics are folded)
         self.stopping = threading.Event()
         self.process: subprocess.Popen[bytes] | None = None
         self.lock = threading.Lock()
 
     def start(self) -> None:
-        threading.Thread(target=self.watch, name="forwarder-watch", daemon=True).start()
+        # The environment as it is now: gunicorn's on_starting has added the metrics'
+        # directory (PROMETHEUS_MULTIPROC_DIR) since __init__.
+        self.environment = self.settings.environment()
+        threading.Thread(target=self.watch, name=f"{self.name}-watch", daemon=True).start()
 
     def watch(self) -> None:
         while not self.stopping.is_set():
@@ -67,13 +77,15 @@ class ForwarderProcess:
                 if self.stopping.is_set():
                     return
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "mm7soap.forwarder"],
+                    [sys.executable, "-m", self.module],
                     env=self.environment,
                     preexec_fn=dies_with_its_parent(),  # one C call before exec: no lock taken
                 )
             code = self.process.wait()  # 0 also when gunicorn's master reaped it first
+            if self.exited is not None and not self.stopping.is_set():  # stopping: the master is exiting
+                self.exited(self.process.pid)
             if not self.stopping.is_set():
-                log.error("the forwarder stopped (exit %s); starting it again", code)
+                log.error("the %s stopped (exit %s); starting it again", self.name, code)
                 self.stopping.wait(RESTART_PAUSE)
 
     def stop(self) -> None:
@@ -87,3 +99,12 @@ class ForwarderProcess:
             process.wait(STOP_SECONDS)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+class RetentionProcess(ForwarderProcess):
+    """`python -m mm7soap.retention` beside the workers when `retention_days` is set (issue 19):
+    it prunes what is older every hour, in short transactions, and is started, restarted and
+    stopped as the forwarder is.  Killing it loses nothing: each batch is its own transaction."""
+
+    module = "mm7soap.retention"
+    name = "retention"

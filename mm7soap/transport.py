@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
-from mm7soap import contentcoding, errors, mime, outbox
-from mm7soap.access import AccessPolicy
+from mm7soap import contentcoding, errors, metrics, mime, outbox, requestlog
+from mm7soap.access import AccessPolicy, scrape_policy
 from mm7soap.envelope import Reply
+from mm7soap.health import WriteCheck
 from mm7soap.namespaces import DEFAULT_NAME, MM7_NAMESPACES
 from mm7soap.records import Inbound
 from mm7soap.service import Answer, Endpoint
@@ -34,6 +36,7 @@ StartResponse = Callable[..., Any]
 XML = "text/xml; charset=utf-8"
 HEALTH_PATH = "/health"
 EVENTS_PATH = "/events"
+METRICS_PATH = "/metrics"
 EVENTS_LIMIT = 1000  # the most events one /events answer holds
 READ_CHUNK = 64 * 1024
 
@@ -47,6 +50,8 @@ class HttpAnswer:
     body: bytes
     content_type: str = XML
     headers: list[tuple[str, str]] = field(default_factory=list)
+    soap: Answer | None = None  # an MM7 request's answer, with what the request was
+    error: errors.MM7Error | None = None  # the refusal answered before SOAP was read
 
     @property
     def status_line(self) -> str:
@@ -63,9 +68,15 @@ class MM7WsgiApp:
         self.endpoint = Endpoint(self.store, settings.service_code)
         self.wsdl = WsdlDocuments(self.endpoint)
         self.access = AccessPolicy(settings)
+        self.metrics = metrics.for_service(settings)  # None: metrics off, nothing counted
+        self.scrape_access = scrape_policy(settings)
+        if self.metrics is not None:
+            self.store.observe_commit = self.metrics.committed
+        self.write_check = WriteCheck(self.store, settings.health_timeout)
         self.endpoint_paths = {settings.path.rstrip("/"), ""}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
         try:
             answer = self.route(environ)
         except errors.MM7Error as exc:
@@ -73,6 +84,7 @@ class MM7WsgiApp:
         except Exception:
             log.exception("unexpected failure in the HTTP layer")
             answer = self.fault(errors.MM7Error("unexpected server error"))
+        self.answered(environ, answer, time.perf_counter() - started)
         headers = [("Content-Type", answer.content_type), *answer.headers, ("Content-Length", str(len(answer.body)))]
         start_response(answer.status_line, headers)
         return [answer.body]
@@ -84,6 +96,8 @@ class MM7WsgiApp:
             return self.health()
         if path.rstrip("/") == EVENTS_PATH and method == "GET":
             return self.events(environ)
+        if path.rstrip("/") == METRICS_PATH and method == "GET" and self.metrics is not None:
+            return self.metrics_page(environ)
         if path.rstrip("/") not in self.endpoint_paths:
             raise errors.NotFoundError(f"no MM7 endpoint at {path}")
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
@@ -108,12 +122,39 @@ class MM7WsgiApp:
 
     def soap_answer(self, answer: Answer) -> HttpAnswer:
         status = 200 if not answer.fault else self.settings.fault_http_status
-        return HttpAnswer(status, answer.body)
+        return HttpAnswer(status, answer.body, soap=answer)
 
     def fault(self, error: errors.MM7Error) -> HttpAnswer:
         """A Fault raised before the envelope was read: the default namespace, no TransactionID."""
         status = error.http_status or self.settings.fault_http_status
-        return HttpAnswer(status, fault_document(error, Reply()), headers=list(error.http_headers))
+        return HttpAnswer(status, fault_document(error, Reply()), headers=list(error.http_headers), error=error)
+
+    def answered(self, environ: dict[str, Any], answer: HttpAnswer, seconds: float) -> None:
+        """Logs and counts what the request came to: for an MM7 request one record, made
+        here once, for both the log line and the metrics; other answers are only counted."""
+        route = route_name(environ, self.endpoint_paths)
+        if route != "mm7":
+            if self.metrics is not None:
+                self.metrics.http_answered(route, answer.status)
+            return
+        soap = answer.soap or Answer(True, answer.body, error=answer.error or errors.MM7Error())
+        record = requestlog.Answered.of(soap, answer.status, operator_id(environ), seconds)
+        requestlog.write(record)
+        if self.metrics is not None:
+            self.metrics.answered(record)
+
+    def metrics_page(self, environ: dict[str, Any]) -> HttpAnswer:
+        """`GET /metrics`: Prometheus's text format, to those `metrics_access` lets scrape.
+        A refusal is plain text: a scraper is no MMSC."""
+        if self.scrape_access is not None:
+            try:
+                self.scrape_access.check(environ)
+            except errors.MM7Error as exc:
+                body = f"{exc.details or exc.status_text}\n".encode()
+                return HttpAnswer(exc.http_status or 403, body, "text/plain; charset=utf-8", list(exc.http_headers))
+        assert self.metrics is not None
+        body, content_type = self.metrics.page(environ.get("HTTP_ACCEPT"))
+        return HttpAnswer(200, body, content_type)
 
     def wsdl_document(self, environ: dict[str, Any], name: str) -> HttpAnswer:
         """`?wsdl` is REL-6-MM7-1-4's; `?wsdl=REL-5-MM7-1-0` names another namespace."""
@@ -123,11 +164,11 @@ class MM7WsgiApp:
         return HttpAnswer(200, self.wsdl.for_url(request_url(environ), name))
 
     def health(self) -> HttpAnswer:
-        """200 when a report could be stored right now, 503 (and why) when not."""
-        try:
-            self.store.check_writable()
-        except errors.StoreError as exc:
-            report = {"status": "error", "database": "not writable", "error": exc.details}
+        """200 when a report could be stored right now, 503 (and why) when not, within
+        `health_timeout` whatever the database is doing (mm7soap/health.py)."""
+        why = self.write_check.why_not()
+        if why is not None:
+            report = {"status": "error", "database": "not writable", "error": why}
             return HttpAnswer(503, json.dumps(report).encode(), "application/json")
         report = {"status": "ok", "database": "writable"}
         return HttpAnswer(200, json.dumps(report).encode(), "application/json")
@@ -199,6 +240,18 @@ def events_query(query: str) -> tuple[int, int]:
     if not 0 <= after < 2**63 or not 1 <= limit <= EVENTS_LIMIT:  # a sequence is an SQLite integer
         raise errors.ValidationError(f"after must be 0 to 2**63-1, limit between 1 and {EVENTS_LIMIT}")
     return after, limit
+
+
+def route_name(environ: dict[str, Any], endpoint_paths: set[str]) -> str:
+    """What a request asked for, as the metrics count it: a few names, whatever the path."""
+    path = (environ.get("PATH_INFO", "") or "/").rstrip("/")
+    if path in (HEALTH_PATH, EVENTS_PATH, METRICS_PATH):
+        return path.lstrip("/")
+    if path not in endpoint_paths:
+        return "other"
+    if environ.get("REQUEST_METHOD", "GET").upper() == "POST":
+        return "mm7"
+    return "wsdl" if "wsdl" in environ.get("QUERY_STRING", "").lower() else "other"
 
 
 def operator_id(environ: dict[str, Any]) -> str | None:

@@ -103,3 +103,29 @@ def test_benchmark_webhook_target_and_receiver(monkeypatch, tmp_path):
     finally:
         receiver.stop()
     assert receiver.process.returncode is not None
+
+
+def test_benchmark_observability_target_and_ratio(monkeypatch, tmp_path):
+    """`run.py --observability` measures mm7soap-quiet (metrics off, no INFO line) after
+    mm7soap (which then logs at INFO, as deployed), and prints mm7soap / mm7soap-quiet."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    run = importlib.import_module("run")
+    report = importlib.import_module("report")
+    load = importlib.import_module("load")
+    targets = run.targets(run.parse_args(["--observability", "--webhook"]))
+    assert [target.name for target in targets] == ["mm7soap", "mm7soap-quiet", "mm7soap+webhook", "reference"]
+    environments = {target.name: target.environment(8080, tmp_path) for target in targets}
+    assert environments["mm7soap-quiet"]["MM7SOAP_METRICS_ACCESS"] == "off"
+    assert environments["mm7soap-quiet"]["MM7SOAP_LOG_LEVEL"] == "warning"
+    assert environments["mm7soap"]["MM7SOAP_LOG_LEVEL"] == "info"
+    assert environments["mm7soap+webhook"]["MM7SOAP_LOG_LEVEL"] == "info"
+    assert environments["reference"]["MM7SOAP_LOG_LEVEL"] == "warning"
+    assert environments["mm7soap"].get("MM7SOAP_METRICS_ACCESS") != "off"
+    assert [target.name for target in run.targets(run.parse_args([]))] == ["mm7soap", "reference"]
+
+    def line(target: str, rate: float, connections: int = 32) -> object:
+        return report.Line(target, load.Load(connections), [rate], 1.0, 2.0, 0, 0, 10, 10, 50.0)
+
+    lines = [line("mm7soap", 900.0), line("mm7soap-quiet", 1000.0), line("mm7soap", 10.0, connections=8)]
+    assert report.observability_cost(lines) == ["mm7soap / mm7soap-quiet at 32 connections: 0.90 (median req/s)"]
+    assert "no run of both" in report.observability_cost(lines[:1])[0]

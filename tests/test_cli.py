@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from datetime import datetime, timedelta
 
 import click
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 
 from mm7soap.cli import cli
 from mm7soap.namespaces import MM7_NAMES
+from mm7soap.settings import Settings
 from tests.helpers import call, data, template
 
 
@@ -41,6 +43,8 @@ def test_the_commands_exist():
         "outbox list",
         "outbox retry",
         "outbox prune",
+        "stats",
+        "prune",
     }
 
 
@@ -260,3 +264,22 @@ def test_a_read_command_with_bad_settings_says_which_in_one_line(tmp_path, monke
     result = CliRunner().invoke(cli, ["reports", "--database", str(tmp_path / "x.db")])
     assert result.exit_code == 2
     assert result.output.strip() == "Error: bad settings: webhook_url must be an http:// or https:// URL with a host"
+
+
+@pytest.mark.parametrize("name", ["send", "serve"])
+def test_every_option_of_send_and_serve_is_described(name):
+    command = cli.commands[name]
+    assert [p.name for p in command.params if isinstance(p, click.Option) and not p.help] == []
+
+
+def test_send_help_shows_a_read_reply_an_mo_and_a_burst():
+    result = CliRunner().invoke(cli, ["send", "--help"])
+    examples = result.output.split("Example:", 1)[1].split("Options:", 1)[0]
+    for flag in ("--read-reply", "--deliver", "--count", "--message-id"):
+        assert flag in examples
+
+
+def test_serve_help_names_every_variable_it_obeys():
+    result = CliRunner().invoke(cli, ["serve", "--help"], terminal_width=10_000)
+    for setting in fields(Settings):
+        assert f"MM7SOAP_{setting.name.upper()}" in result.output

@@ -39,9 +39,19 @@ def test_health_is_503_while_the_database_is_locked_and_recovers(app, settings):
     assert call(app, method="GET", path="/health", content_type="").status == 200
 
 
-def test_health_is_503_when_read_only(app):
-    app.store.db.execute("PRAGMA query_only = ON")
-    assert call(app, method="GET", path="/health", content_type="").status == 503
+def test_health_is_503_when_the_write_is_refused(app, settings):
+    """Any refused write (a read-only file, a full disk; here triggers) is 503.  The check
+    writes on a connection of its own (mm7soap/health.py), so the refusal is the file's."""
+    refusal = "BEGIN SELECT RAISE(ABORT, 'attempt to write a readonly database'); END"
+    with closing(sqlite3.connect(settings.database, isolation_level=None)) as conn:
+        conn.execute(f"CREATE TRIGGER refuse_insert BEFORE INSERT ON health {refusal}")
+        conn.execute(f"CREATE TRIGGER refuse_update BEFORE UPDATE ON health {refusal}")
+        response = call(app, method="GET", path="/health", content_type="")
+        assert response.status == 503
+        assert "readonly" in json.loads(response.body)["error"]
+        conn.execute("DROP TRIGGER refuse_insert")
+        conn.execute("DROP TRIGGER refuse_update")
+    assert call(app, method="GET", path="/health", content_type="").status == 200
 
 
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS", "GET"])

@@ -15,6 +15,7 @@ import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -390,6 +391,32 @@ def test_forward_with_a_bad_url_or_a_missing_database(app, settings, tmp_path):
     result = CliRunner().invoke(cli, ["forward", "-d", str(missing)], env=env)
     assert result.exit_code == 2 and f"no database at {missing}" in result.output
     assert not missing.exists()
+
+
+def test_the_forwarder_beside_gunicorn_runs_niced_and_mm7soap_forward_does_not(app, settings, receiver):
+    """`python -m mm7soap.forwarder` is what the master starts beside its workers: the MMSC's
+    answers must come first on those cores."""
+    _, url = receiver
+    env = {**os.environ, "MM7SOAP_DATABASE": settings.database, "MM7SOAP_WEBHOOK_URL": url}
+    env["MM7SOAP_WEBHOOK_SECRET"] = SECRET
+    beside = [sys.executable, "-m", "mm7soap.forwarder"]
+    alone = [sys.executable, "-c", "from mm7soap.cli import cli; cli()", "forward"]
+    assert [niceness_of(command, env) - os.nice(0) for command in (beside, alone)] == [10, 0]
+
+
+def niceness_of(command: list[str], env: dict[str, str]) -> int:
+    """The niceness of `command` once it forwards (read from /proc), then it is stopped."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        output = b""
+        while b"forwarding events to" not in output:
+            line = process.stdout.readline() if process.stdout else b""
+            assert line, f"{command} ended: {output.decode()}"
+            output += line
+        return int(Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)
 
 
 def test_forward_runs_the_forwarder_until_sigterm(app, settings, receiver):

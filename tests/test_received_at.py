@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 from tests.helpers import SINCH_CONTENT_TYPE
 from tests.test_serving import BIN, free_port, run, wait_until_listening
@@ -30,7 +31,7 @@ def test_received_at_follows_commit_order_across_two_workers(tmp_path):
         wait_until_listening(port, process)
         with ThreadPoolExecutor(8) as pool:
             assert set(pool.map(lambda number: post(port, number), range(200))) == {200}
-    with sqlite3.connect(database) as db:
+    with closing(sqlite3.connect(database)) as db:  # a connection's own `with` only commits
         rows = db.execute(
             "SELECT r.id, r.received_at, o.sequence, o.created_at FROM delivery_reports r"
             " JOIN outbox o ON o.source_id = r.id AND o.type = 'delivery_report' ORDER BY r.id"

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from mm7soap import mmsc
 from mm7soap.cli import cli
-from mm7soap.mmsc import FORMATS, MobileOriginated, Report, Request, http_body
+from mm7soap.mmsc import FORMATS, MobileOriginated, Report, Request, Stamps, http_body
 from mm7soap.namespaces import MM7_NAMESPACES
 from mm7soap.transport import MM7WsgiApp
 
@@ -97,6 +99,50 @@ def test_count_and_concurrency_use_fresh_transaction_ids(app, live_url):
     assert result.exit_code == 0, result.output
     assert re.match(r"24 sent, 24 succeeded, 0 failed in [\d.]+ s", result.output)
     assert "FAIL" not in result.output
+
+
+# A clock that stands still: every request of a burst sent in the same millisecond.
+STOPPED = datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=timezone.utc)
+KINDS = {
+    "DeliveryReportReq": ([], lambda app: app.store.delivery_reports()),
+    "ReadReplyReq": (["--read-reply"], lambda app: app.store.read_replies()),
+    "DeliverReq": (["--deliver"], lambda app: app.store.messages()),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_count_sends_distinct_requests_and_each_is_stored(app, live_url, monkeypatch, kind):
+    """Requests of a burst posted in the same millisecond said the same (MessageID, Recipient,
+    MMStatus, Date): they were resends, stored once, while `send` printed them all succeeded."""
+    monkeypatch.setattr(mmsc, "utc_now", lambda: STOPPED)
+    flags, stored = KINDS[kind]
+    result = send(live_url, *REPORT, *flags, "--count", "50", "--concurrency", "8")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("50 sent, 50 succeeded, 0 failed in ")
+    stamp = "Date" if kind == "DeliveryReportReq" else "TimeStamp"
+    assert f"50 distinct {kind}, each with its own TransactionID and {stamp}" in result.output
+    assert len(list(stored(app))) == 50
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_count_with_resend_sends_one_request_again_and_again(app, live_url, kind):
+    flags, stored = KINDS[kind]
+    result = send(live_url, *REPORT, *flags, "--count", "20", "--concurrency", "4", "--resend")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("20 sent, 20 succeeded, 0 failed in ")
+    assert f"the same {kind} 20 times (--resend): it should be stored once" in result.output
+    [row] = list(stored(app))
+    assert row["transaction_id"] and "-" not in row["transaction_id"]  # the one request, not numbered copies
+
+
+def test_stamps_are_distinct_to_the_millisecond_and_follow_the_clock(monkeypatch):
+    now = [STOPPED]
+    monkeypatch.setattr(mmsc, "utc_now", lambda: now[0])
+    stamps = Stamps()
+    burst = [stamps.next() for _ in range(3)]
+    assert burst == [STOPPED.replace(microsecond=123000) + timedelta(milliseconds=n) for n in range(3)]
+    now[0] = STOPPED + timedelta(seconds=1)  # the clock moved past the bumped stamps: they follow it
+    assert stamps.next() == STOPPED.replace(microsecond=123000) + timedelta(seconds=1)
 
 
 def rewriting(app: MM7WsgiApp, change: Callable[[str, list, bytes], tuple[str, list, bytes]]) -> Callable:

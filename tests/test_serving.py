@@ -43,15 +43,15 @@ def wait_until_listening(port: int, process: subprocess.Popen) -> None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"server exited: {process.stdout.read()}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/health")
-            healthy = conn.getresponse().status == 200
-            conn.close()
-            if healthy:
+            if conn.getresponse().status == 200:
                 return
         except OSError:
-            pass
+            pass  # not listening yet, or a worker still booting let the 2 s pass
+        finally:
+            conn.close()  # also after a timeout, or the socket is left to the garbage collector
         time.sleep(0.1)
     raise AssertionError("server did not become healthy")
 

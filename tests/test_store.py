@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sqlite3
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -169,3 +171,23 @@ def test_a_report_committed_to_a_file_replaced_meanwhile_is_not_acknowledged(app
     assert call(app, data("sinch_delivery_report.xml")).status == 200
     with closing(sqlite3.connect(settings.database)) as new:
         assert new.execute("SELECT count(*) FROM delivery_reports").fetchone() == (1,)
+
+
+def test_a_connection_to_a_file_that_is_not_a_database_is_closed(settings, tmp_path, monkeypatch):
+    """sqlite3.connect opens any file; the first PRAGMA finds it is not a database.  That
+    connection is closed there, not left holding the file until the garbage collector."""
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"not a database" * 100)
+    opened: list[sqlite3.Connection] = []
+    connect = sqlite3.connect
+
+    def recorded_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(sqlite3, "connect", recorded_connect)
+    with Store(replace(settings, database=str(path))) as store, pytest.raises(sqlite3.DatabaseError):
+        store.migrate()
+    assert len(opened) == 1
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        opened[0].execute("SELECT 1")
