@@ -78,14 +78,15 @@ class Outcome:
 # every claim, which holds the write lock, read all of them.
 RECORD_SQL = f"""
 INSERT INTO {OUTBOX} (event_id, type, source_id, order_key, created_at, next_attempt_at)
-VALUES (?, ?, ?, ?, ?5, max(?5, coalesce((
-    SELECT max(next_attempt_at) FROM {OUTBOX} WHERE state = 'pending' AND order_key = ?6), '')))
+VALUES (:event_id, :type, :source_id, :order_key, :created_at, max(:created_at, coalesce((
+    SELECT max(next_attempt_at) FROM {OUTBOX} WHERE state = 'pending' AND order_key = :order_key), '')))
 """
 
 
 def record(db: sqlite_utils.Database, type: str, source_id: int, order_key: str | None, created_at: str) -> int:
     """Write the event of a row just inserted, in the caller's transaction; its sequence."""
-    cursor = db.conn.execute(RECORD_SQL, [f"evt_{uuid.uuid4().hex}", type, source_id, order_key, created_at, order_key])
+    event = {"event_id": f"evt_{uuid.uuid4().hex}", "type": type, "source_id": source_id}
+    cursor = db.conn.execute(RECORD_SQL, {**event, "order_key": order_key, "created_at": created_at})
     return int(cursor.lastrowid or 0)
 
 
