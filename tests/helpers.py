@@ -123,3 +123,12 @@ def assert_fault(response: Response, faultcode: str, status_code: int, namespace
         assert etree.QName(error).namespace == namespace
     assert find_local(error, "Status/StatusCode").text == str(status_code)
     return error
+
+
+def migrate_to(db: Any, version: int) -> None:
+    """A database as an earlier release left it: the first `version` migrations, each recorded."""
+    from mm7soap.schema import MIGRATIONS
+
+    for number, migration in enumerate(MIGRATIONS[:version], start=1):
+        migration(db)
+        db.execute(f"PRAGMA user_version = {number}")

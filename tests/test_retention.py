@@ -29,6 +29,7 @@ from mm7soap.settings import Settings
 from mm7soap.store import Store
 from mm7soap.supervisor import RetentionProcess
 from mm7soap.times import utc_timestamp
+from tests.helpers import migrate_to
 from tests.test_cli import post_mo
 from tests.test_stored_right import acknowledged, read_reply, report
 
@@ -308,9 +309,7 @@ def test_migration_7_replaces_the_message_id_index_and_adds_retentions(settings)
     with Store(settings) as store:
         db = store.db
         with transaction(db):
-            for number, migration in enumerate(MIGRATIONS[:6], start=1):
-                migration(db)
-                db.execute(f"PRAGMA user_version = {number}")
+            migrate_to(db, 6)
         db.execute(
             "INSERT INTO delivery_reports (received_at, message_id, recipient, mm_status, fingerprint)"
             " VALUES ('2026-11-27T10:00:00.000000Z', 'm1', 'r1', 'Retrieved', 'fp')"
@@ -401,9 +400,7 @@ def test_the_command_refuses_a_missing_database(tmp_path):
 
 def test_the_command_migrates_a_database_of_an_earlier_release(settings):
     with Store(settings) as store:
-        for number, migration in enumerate(MIGRATIONS[:6], start=1):
-            migration(store.db)
-            store.db.execute(f"PRAGMA user_version = {number}")
+        migrate_to(store.db, 6)
     assert run(settings, "--older-than", "1d").exit_code == 0
     assert pragma(settings, "user_version") == len(MIGRATIONS)
 

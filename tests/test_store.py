@@ -13,7 +13,7 @@ import pytest
 
 from mm7soap import store as store_module
 from mm7soap.store import MIGRATIONS, Store, transaction
-from tests.helpers import assert_fault, call, data
+from tests.helpers import assert_fault, call, data, migrate_to
 
 NS = "http://www.3gpp.org/ftp/Specs/archive/23_series/23.140/schema/REL-6-MM7-1-4"
 
@@ -107,9 +107,7 @@ def test_a_database_of_an_earlier_release_is_migrated_and_keeps_its_reports(sett
     with Store(settings) as store:
         db = store.db
         with transaction(db):
-            for number, migration in enumerate(MIGRATIONS[:2], start=1):
-                migration(db)
-                db.execute(f"PRAGMA user_version = {number}")
+            migrate_to(db, 2)
         db.execute(
             "INSERT INTO delivery_reports (received_at, message_id, mm_status) VALUES ('t', 'old-1', 'Retrieved')"
         )

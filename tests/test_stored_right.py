@@ -13,7 +13,7 @@ from mm7soap.namespaces import MM7_NAMESPACES, SOAP_ENV
 from mm7soap.schema import MIGRATIONS
 from mm7soap.store import Store, transaction
 from mm7soap.transport import MM7WsgiApp
-from tests.helpers import assert_fault, call, template
+from tests.helpers import assert_fault, call, migrate_to, template
 from tests.test_deliver import envelope as deliver_envelope
 
 REL6 = MM7_NAMESPACES["REL-6-MM7-1-4"]
@@ -135,9 +135,7 @@ def test_a_version_4_database_is_migrated_to_the_new_resend_rule(settings):
     with Store(settings) as store:
         db = store.db
         with transaction(db):
-            for number, migration in enumerate(MIGRATIONS[:4], start=1):
-                migration(db)
-                db.execute(f"PRAGMA user_version = {number}")
+            migrate_to(db, 4)
         for table in ("delivery_reports", "read_replies"):
             if "fingerprint" in db[table].columns_dict:  # as a release before migration 5 made it
                 db.execute(f"ALTER TABLE {table} DROP COLUMN fingerprint")
