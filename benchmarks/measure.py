@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from databases import create_database, drop_database
 from load import Load, run_wrk
 from receiver import ReceiverProcess, start_receiver
 from rows import DRAIN_TIMEOUT, outbox_counts, sample_row, settle, snapshot, wait_drained
@@ -24,6 +25,8 @@ from servers import (
     webhook_environment,
     worker_peaks,
 )
+
+from mm7soap.postgres import redacted
 
 
 @dataclass
@@ -160,11 +163,27 @@ def measure(server: Server, load: Load, args: argparse.Namespace, round_number: 
 
 def run_target(target: Target, round_number: int, args: argparse.Namespace) -> TargetRun:
     """Start `target` on a fresh database, warm it up, measure each load, stop it."""
+    database = create_database(target.cluster) if target.cluster else None
+    try:
+        done = run_on(target, round_number, args, database)
+    except BaseException:
+        if target.cluster and database:
+            drop_database(target.cluster, database)
+        raise
+    if target.cluster and database and not done.problems():
+        drop_database(target.cluster, database)
+    elif database:
+        print(f"  {target.name}: kept its database {redacted(database)} for inspection", flush=True)
+    return done
+
+
+def run_on(target: Target, round_number: int, args: argparse.Namespace, database: str | None) -> TargetRun:
+    """`target`'s turn on `database` (PostgreSQL), or on a SQLite file in a fresh directory."""
     workdir = Path(tempfile.mkdtemp(prefix=f"mm7soap-bench-{target.name.replace('+', '-')}-"))
     # With a webhook, the receiver is a process of its own, started before and stopped after.
     receiver = start_receiver() if target.webhook else None
     try:
-        server = start_server(target, workdir, webhook_environment(receiver.url) if receiver else None)
+        server = start_server(target, workdir, webhook_environment(receiver.url) if receiver else None, database)
         try:
             workers_at_start = booted_workers(server)
             forwarder = forwarder_pid(server) if receiver else None

@@ -16,7 +16,7 @@ import gunicorn
 import lxml.etree
 from load import Load
 from measure import TargetRun
-from servers import MM7SOAP, MM7SOAP_QUIET, REFERENCE, REPO
+from servers import MM7SOAP, MM7SOAP_POSTGRESQL, MM7SOAP_QUIET, REFERENCE, REPO
 
 
 @dataclass
@@ -130,6 +130,26 @@ def observability_cost(lines: Sequence[Line]) -> list[str]:
         return [f"mm7soap / mm7soap-quiet: no run of both at {OBSERVED_CONNECTIONS} connections"]
     ratio = ours.median_rate / quiet.median_rate
     return [f"mm7soap / mm7soap-quiet at {OBSERVED_CONNECTIONS} connections: {ratio:.2f} (median req/s)"]
+
+
+ENGINE_CONNECTIONS = 32  # run.py --database compares the engines at this many connections
+ENGINE_TARGET = 0.8  # issue 20: one instance on PostgreSQL ≥ 0.8× the same on SQLite
+
+
+def engine_ratio(lines: Sequence[Line]) -> list[str]:
+    """mm7soap on PostgreSQL against mm7soap on SQLite, as fast as answered at
+    ENGINE_CONNECTIONS, in the same run (run.py --database)."""
+    by_target = {
+        line.target: line for line in lines if line.load.rate is None and line.load.connections == ENGINE_CONNECTIONS
+    }
+    ours, sqlite = by_target.get(MM7SOAP_POSTGRESQL.name), by_target.get(MM7SOAP.name)
+    if ours is None or sqlite is None:
+        return [f"mm7soap-postgresql / mm7soap: no run of both at {ENGINE_CONNECTIONS} connections"]
+    ratio = ours.median_rate / sqlite.median_rate
+    return [
+        f"mm7soap-postgresql / mm7soap at {ENGINE_CONNECTIONS} connections: {ratio:.2f}"
+        f" (median req/s; target ≥ {ENGINE_TARGET})"
+    ]
 
 
 def forwarding(done: Sequence[TargetRun]) -> list[str]:

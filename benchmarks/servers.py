@@ -55,11 +55,16 @@ class Target:
     webhook: bool = False  # forwards its events to a receiver (receiver.py) started beside it
     # Variables set last, over the common ones (run.py --observability: the log level, metrics).
     settings: tuple[tuple[str, str], ...] = ()
+    # A PostgreSQL cluster's URL (run.py --database): each start gets a database of its own made
+    # in it (databases.py), rather than a SQLite file in its directory.
+    cluster: str | None = None
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "gunicorn", "-c", str(self.config), self.app]
 
-    def environment(self, port: int, workdir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    def environment(
+        self, port: int, workdir: Path, extra: Mapping[str, str] | None = None, database: str | None = None
+    ) -> dict[str, str]:
         env = dict(os.environ)
         if not self.webhook:
             env.pop("MM7SOAP_WEBHOOK_URL", None)  # whatever the caller's environment says
@@ -72,7 +77,7 @@ class Target:
             XDG_RUNTIME_DIR=str(workdir),
         )
         env.update(self.settings)
-        env[self.database_variable] = str(workdir / self.database_file)
+        env[self.database_variable] = database or str(workdir / self.database_file)
         return env
 
 
@@ -89,6 +94,8 @@ MM7SOAP_WEBHOOK = Target(
     "/health",
     webhook=True,
 )
+# run.py --database: the same service on a fresh PostgreSQL database of that cluster.
+MM7SOAP_POSTGRESQL = replace(MM7SOAP, name="mm7soap-postgresql", database_file="")
 REFERENCE = Target("reference", "reference.db", "reference_app:application", REFERENCE_CONF, "REFERENCE_DATABASE", None)
 TARGETS = (MM7SOAP, REFERENCE)
 WEBHOOK_TARGETS = (MM7SOAP, MM7SOAP_WEBHOOK, REFERENCE)  # run.py --webhook
@@ -159,14 +166,15 @@ class Server:
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    database_url: str | None = None  # its PostgreSQL database; None: a SQLite file in `workdir`
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def database(self) -> Path:
-        return self.workdir / self.target.database_file
+    def database(self) -> Path | str:
+        return self.database_url or self.workdir / self.target.database_file
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -175,23 +183,26 @@ class Server:
             return "(no log)"
 
 
-def start_server(target: Target, workdir: Path, extra_env: Mapping[str, str] | None = None) -> Server:
+def start_server(
+    target: Target, workdir: Path, extra_env: Mapping[str, str] | None = None, database: str | None = None
+) -> Server:
     """gunicorn in its own session (so it can be killed whole), logging to a file: the
     production config writes an access-log line per request, which a pipe would block on.
-    `extra_env`: variables set for it besides the target's own (a webhook URL)."""
+    `extra_env`: variables set for it besides the target's own (a webhook URL); `database`: a
+    PostgreSQL URL instead of the target's SQLite file."""
     port = free_port()
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             target.command(),
             cwd=REPO,
-            env=target.environment(port, workdir, extra_env),
+            env=target.environment(port, workdir, extra_env, database),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server(target, workdir, port, process, log_path)
+    server = Server(target, workdir, port, process, log_path, database)
     try:
         wait_ready(server)
     except BaseException:

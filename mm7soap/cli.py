@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+import psycopg
 
-from mm7soap import outbox_admin
+from mm7soap import errors, outbox_admin, postgres
 from mm7soap.checks import Outcome, send_many
 from mm7soap.checks import send as send_one
 from mm7soap.content import write_parts
@@ -50,8 +51,9 @@ def database_option(command: Any) -> Any:
         "--database",
         "-d",
         type=click.Path(dir_okay=False),
+        metavar="FILE|URL",
         default=None,
-        help="SQLite file (default: $MM7SOAP_DATABASE or ./mm7soap.db).",
+        help="SQLite file, or PostgreSQL database as a postgresql:// URL (default: $MM7SOAP_DATABASE or ./mm7soap.db).",
     )(command)
 
 
@@ -448,13 +450,17 @@ def existing_store(database: str | None) -> Iterator[Store]:
     """The Store of a database that exists: an outbox command never creates an empty one at a
     mistyped path (it would answer "no events" about the wrong file)."""
     settings = checked_settings(database=database)
-    if settings.database != ":memory:" and not Path(settings.database).is_file():
+    on_file = settings.database != ":memory:" and not postgres.is_postgresql(settings.database)
+    if on_file and not Path(settings.database).is_file():
         raise ConfigError(f"no database at {settings.database} (give -d/--database or set MM7SOAP_DATABASE)")
     try:
         with Store(settings) as store:
             yield store
-    except sqlite3.DatabaseError as exc:
-        raise click.ClickException(f"cannot use the database {settings.database}: {exc}") from None
+    except errors.StoreError as exc:  # e.g. cannot connect: it names the database, never its password
+        raise click.ClickException(postgres.first_line(exc)) from None
+    except (sqlite3.DatabaseError, psycopg.Error) as exc:
+        name = postgres.redacted(settings.database)
+        raise click.ClickException(f"cannot use the database {name}: {postgres.first_line(exc)}") from None
 
 
 @cli.command()

@@ -1,16 +1,18 @@
-"""`mm7soap stats` and `mm7soap prune` (issue 19): a thin layer over mm7soap.stats and
-mm7soap.retention, registered on the `mm7soap` group at the end of mm7soap/cli.py (whose
-helpers these commands use: import mm7soap.cli, not this module, first)."""
+"""`mm7soap stats` and `mm7soap prune` (issue 19), `mm7soap copy` (issue 20): a thin layer
+over mm7soap.stats, mm7soap.retention and mm7soap.copying, registered on the `mm7soap` group
+at the end of mm7soap/cli.py (whose helpers these commands use: import mm7soap.cli, not this
+module, first)."""
 
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from typing import Any
 
 import click
 
-from mm7soap import retention
+from mm7soap import copying, retention
 from mm7soap import stats as figures
 from mm7soap.cli import (
     ConfigError,
@@ -23,6 +25,7 @@ from mm7soap.cli import (
     since_option,
 )
 from mm7soap.outbox_admin import age_text
+from mm7soap.postgres import redacted
 
 NO_OPERATOR = "(none)"  # a report without X-Mblox-Carrier-Id, in a table
 
@@ -156,7 +159,8 @@ def duration(seconds: float | None) -> str:
     help="Then rewrite the whole file (VACUUM) to give the free space back to the filesystem, and make later"
     " prunes give theirs back step by step. It holds the write lock until done: reports wait, and past"
     " MM7SOAP_BUSY_TIMEOUT_MS get 3000 (the MMSC retries). It needs about twice the database's size free"
-    " on disk. Once, at a quiet hour.",
+    " on disk. Once, at a quiet hour. On PostgreSQL: VACUUM FULL of each pruned table, locked while it is"
+    " rewritten (a prune without --vacuum runs a plain VACUUM, which lets new rows reuse the space).",
 )
 def prune(database: str | None, older_than: float | None, batch: int, vacuum: bool) -> None:
     """Delete reports, read replies, MO messages and delivered events older than an age.
@@ -183,7 +187,8 @@ def prune(database: str | None, older_than: float | None, batch: int, vacuum: bo
     if pruned.kept:
         click.echo(f"kept {pruned.kept} older rows: their events are not delivered yet (mm7soap outbox)")
     if pruned.vacuumed:
-        click.echo(f"VACUUM gave {mib(pruned.returned_bytes)} back; from now on each prune gives back what it frees")
+        later = "; from now on each prune gives back what it frees" if pruned.gives_back_later else ""
+        click.echo(f"VACUUM gave {mib(pruned.returned_bytes)} back{later}")
     elif pruned.returned_bytes:
         click.echo(f"gave {mib(pruned.returned_bytes)} back to the filesystem")
     elif pruned.free_bytes:
@@ -194,4 +199,47 @@ def mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB"
 
 
-OPERATIONS = (stats, prune)
+@click.command("copy")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The SQLite file to copy. It may be in use: its rows as of the start of the copy are copied.",
+)
+@click.option(
+    "--to",
+    "target",
+    help="The PostgreSQL database, a postgresql:// URL; it must hold no rows (default: $MM7SOAP_DATABASE,"
+    " which keeps the password off the command line, as do PGPASSWORD and ~/.pgpass).",
+)
+def copy_rows(source: str, target: str | None) -> None:
+    """Copy a SQLite database's rows into an empty PostgreSQL database.
+
+    Delivery reports, read replies, MO messages with their parts, and the outbox's events
+    are copied as they are, ids and sequences included, so /events cursors and webhook ids
+    stay valid; events pending stay pending, and the forwarders on PostgreSQL deliver them.
+    The target is migrated first and must hold no rows; the copy is one transaction, so a
+    failure leaves it empty. Stop the instances writing the SQLite file first: what they
+    store after the copy starts is not copied.
+
+    \b
+    Example:
+        mm7soap copy --from /var/lib/mm7soap/mm7soap.db --to postgresql://mm7soap@db:5432/mm7soap
+    """
+    target = target or checked_settings().database
+    click.echo(f"copying {source} into {redacted(target)}")
+    started = time.monotonic()
+
+    def told(copied: copying.Copied) -> None:
+        click.echo(f"{copied.table:<17} {copied.rows:>9} rows, next {copied.key} {copied.next_key}")
+
+    try:
+        done = copying.copy_database(source, target, told)
+    except copying.CopyError as exc:
+        raise click.ClickException(str(exc)) from None
+    total = sum(copied.rows for copied in done)
+    click.echo(f"committed: {total} rows in {time.monotonic() - started:.1f}s")
+
+
+OPERATIONS = (stats, prune, copy_rows)

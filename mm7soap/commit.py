@@ -9,11 +9,12 @@ them leads: the first to find no commit in progress.  It runs all the writes wai
 transaction, each in a savepoint of its own, and commits once.  A write that fails is rolled back to its
 savepoint and fails alone; a commit that fails fails every write in it.  The lock between
 processes is still SQLite's, but it is taken with short retries rather than those sleeps.
+What is the engine's own (taking the lock, a failure that spoils the batch, recovering from
+it) is its connections' (mm7soap.connections for SQLite, mm7soap.postgres for PostgreSQL).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -25,16 +26,11 @@ import sqlite_utils
 from mm7soap import errors
 
 if TYPE_CHECKING:
-    from mm7soap.connections import Connections
+    from mm7soap.connections import StoreConnections
 
 Work = Callable[[sqlite_utils.Database], Any]
 # Told of each commit: how many writes it held and how many seconds it took (mm7soap.metrics).
 CommitObserver = Callable[[int, float], None]
-
-# The pause between tries for SQLite's write lock: short, since another process holds it
-# for one commit (about a millisecond), and growing only a little.
-FIRST_PAUSE = 0.0001
-LONGEST_PAUSE = 0.002
 
 
 @dataclass(eq=False)
@@ -50,7 +46,9 @@ class Ticket:
 class GroupCommit:
     """The writes of one process, committed in groups by whichever thread is leading."""
 
-    def __init__(self, connections: Connections, busy_timeout_ms: int, observe: CommitObserver | None = None) -> None:
+    def __init__(
+        self, connections: StoreConnections, busy_timeout_ms: int, observe: CommitObserver | None = None
+    ) -> None:
         self.connections = connections  # the calling thread's connection is the leader's
         self.busy_timeout_ms = busy_timeout_ms
         self.observe = observe
@@ -96,12 +94,12 @@ class GroupCommit:
         started = time.perf_counter()
         try:
             db = self.connections.for_writing()
-            begin_immediate(db.conn, self.busy_timeout_ms)
-            self.run_each(db, batch)
+            self.connections.begin(db)
+            self.connections.write_batch(db, batch, self.run_each)
             db.conn.execute("COMMIT")
             self.connections.check_committed()
         except BaseException as exc:
-            self.recover(db, exc)
+            self.connections.recover(db, exc)
             for ticket in batch:
                 ticket.error = ticket.error or store_error(exc)
             if not isinstance(exc, Exception):
@@ -113,20 +111,6 @@ class GroupCommit:
             for ticket in batch:  # whatever happened, no ticket is left waiting or acknowledged
                 ticket.done = True
 
-    def recover(self, db: sqlite_utils.Database | None, exc: BaseException) -> None:
-        """Leave no transaction open; drop a connection a failure may have spoilt (a file
-        opened read-only stays read-only, an I/O error may repeat), but not for a busy lock."""
-        if db is None:
-            return
-        try:
-            if db.conn.in_transaction:
-                db.conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            self.connections.discard()
-            return
-        if spoils_batch(exc) and not (isinstance(exc, sqlite3.OperationalError) and busy(exc)):
-            self.connections.discard()
-
     def run_each(self, db: sqlite_utils.Database, batch: list[Ticket]) -> None:
         if len(batch) == 1:  # alone: a failure rolls the transaction back, no savepoint needed
             batch[0].result = batch[0].work(db)
@@ -136,7 +120,7 @@ class GroupCommit:
             try:
                 ticket.result = ticket.work(db)
             except Exception as exc:
-                if spoils_batch(exc) or not db.conn.in_transaction:
+                if self.connections.spoils_batch(exc) or not db.conn.in_transaction:
                     # The database, not this write, is in trouble (read-only, full, an I/O
                     # error; SQLite may have rolled back already): the batch fails together.
                     raise
@@ -145,36 +129,9 @@ class GroupCommit:
             db.conn.execute("RELEASE write")
 
 
-def spoils_batch(exc: BaseException) -> bool:
-    """A SQLite failure other than a broken constraint, which is one row's own."""
-    return isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError)
-
-
 def store_error(exc: BaseException) -> errors.MM7Error:
     if isinstance(exc, errors.MM7Error):
         return exc
-    return errors.StoreError(f"not stored: {exc}")
-
-
-def busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
-def begin_immediate(conn: sqlite3.Connection, timeout_ms: int) -> None:
-    """BEGIN IMMEDIATE, retried every fraction of a millisecond until `timeout_ms`."""
-    conn.execute("PRAGMA busy_timeout = 0")
-    try:
-        deadline = time.monotonic() + timeout_ms / 1000
-        pause = FIRST_PAUSE
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if not busy(exc) or time.monotonic() >= deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, LONGEST_PAUSE)
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+    # The first line: PostgreSQL's messages go on with hints ("This probably means…").
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return errors.StoreError(f"not stored: {reason}")

@@ -18,14 +18,41 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, Protocol
 
 import sqlite_utils
 
 from mm7soap import errors
+from mm7soap.dialects import dialect_of
 
 # A file, as the kernel knows it: the same path may name another file after a rename.
 FileIdentity = tuple[int, int]
 MEMORY = ":memory:"
+
+# The pause between tries for SQLite's write lock: short, since another process holds it
+# for one commit (about a millisecond), and growing only a little.
+FIRST_PAUSE = 0.0001
+LONGEST_PAUSE = 0.002
+
+
+class StoreConnections(Protocol):
+    """What a store's engine provides to mm7soap.store and mm7soap.commit: this thread's
+    connection, a write transaction on it, and what to do when one fails.  SQLite's is
+    `Connections` below, PostgreSQL's mm7soap.postgres.PgConnections."""
+
+    path: str
+    prepare: Callable[[], object] | None
+
+    @property
+    def db(self) -> Any: ...
+    def for_writing(self) -> Any: ...
+    def begin(self, db: Any) -> None: ...
+    def write_batch(self, db: Any, batch: list[Any], one_by_one: Callable[[Any, list[Any]], None]) -> None: ...
+    def check_committed(self) -> None: ...
+    def spoils_batch(self, exc: BaseException) -> bool: ...
+    def recover(self, db: Any, exc: BaseException) -> None: ...
+    def discard(self) -> None: ...
+    def close(self) -> None: ...
 
 
 def file_identity(path: str) -> FileIdentity | None:
@@ -87,6 +114,35 @@ class Connections:
             self._prepared[os.getpid()] = prepared | {now}
         return db
 
+    def begin(self, db: sqlite_utils.Database) -> None:
+        """BEGIN IMMEDIATE, retried every fraction of a millisecond up to the busy timeout."""
+        begin_immediate(db.conn, self.busy_timeout_ms)
+
+    def write_batch(
+        self, db: sqlite_utils.Database, batch: list[Any], one_by_one: Callable[[Any, list[Any]], None]
+    ) -> None:
+        """A group commit's writes, each in its savepoint: SQLite is in this process, a
+        statement costs no round trip."""
+        one_by_one(db, batch)
+
+    def spoils_batch(self, exc: BaseException) -> bool:
+        """A SQLite failure other than a broken constraint, which is one row's own."""
+        return isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError)
+
+    def recover(self, db: sqlite_utils.Database | None, exc: BaseException) -> None:
+        """Leave no transaction open; drop a connection a failure may have spoilt (a file
+        opened read-only stays read-only, an I/O error may repeat), but not for a busy lock."""
+        if db is None:
+            return
+        try:
+            if db.conn.in_transaction:
+                db.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            self.discard()
+            return
+        if self.spoils_batch(exc) and not (isinstance(exc, sqlite3.OperationalError) and busy(exc)):
+            self.discard()
+
     def check_committed(self) -> None:
         """StoreError if the file just committed to is no longer the one at the path."""
         if self.path != MEMORY and file_identity(self.path) != self._local.identity:
@@ -112,7 +168,7 @@ class Connections:
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            set_wal(conn, self.busy_timeout_ms)
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
             return sqlite_utils.Database(conn)
@@ -134,11 +190,49 @@ class Connections:
         self._local = threading.local()
 
 
+def set_wal(conn: sqlite3.Connection, timeout_ms: int) -> None:
+    """journal_mode WAL, tried again until `timeout_ms`: on a new file, processes starting
+    together (workers, instances) switch it at the same moment, and the switch answers
+    "database is locked" at once rather than wait as the busy timeout says."""
+    until_not_busy(conn, "PRAGMA journal_mode = WAL", timeout_ms)
+
+
+def busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def begin_immediate(conn: sqlite3.Connection, timeout_ms: int) -> None:
+    """BEGIN IMMEDIATE, retried every fraction of a millisecond until `timeout_ms`."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        until_not_busy(conn, "BEGIN IMMEDIATE", timeout_ms)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+
+
+def until_not_busy(conn: sqlite3.Connection, sql: str, timeout_ms: int) -> None:
+    """`sql`, run again while SQLite answers busy or locked, after a pause growing from
+    FIRST_PAUSE to LONGEST_PAUSE, until `timeout_ms`."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    pause = FIRST_PAUSE
+    while True:
+        try:
+            conn.execute(sql)
+            return
+        except sqlite3.OperationalError as exc:
+            if not busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, LONGEST_PAUSE)
+
+
 @contextmanager
-def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
-    """BEGIN IMMEDIATE … COMMIT on an autocommit connection; ROLLBACK when anything fails,
-    the COMMIT itself included (a full disk fails there), so no transaction is left open."""
-    db.conn.execute("BEGIN IMMEDIATE")
+def transaction(db: Any) -> Iterator[Any]:
+    """A write transaction (SQLite: BEGIN IMMEDIATE) … COMMIT on an autocommit connection of
+    either engine; ROLLBACK when anything fails, the COMMIT itself included (a full disk
+    fails there), so no transaction is left open."""
+    db.conn.execute(dialect_of(db).begin)
     try:
         yield db
         db.conn.execute("COMMIT")
@@ -149,7 +243,7 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
 
 
 def in_batches(
-    db: sqlite_utils.Database,
+    db: Any,
     step: Callable[[int], int | None],
     pause: float,
     stopping: threading.Event | None = None,

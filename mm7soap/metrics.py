@@ -39,9 +39,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import sqlite_utils
 
-from mm7soap import errors, outbox
+from mm7soap import errors, outbox, postgres
 from mm7soap.connections import MEMORY
 from mm7soap.settings import Settings
 from mm7soap.times import parse_stored
@@ -102,6 +103,7 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 
         disable_created_metrics()  # no `_created` series beside each counter: files have none either
+        count_by_kept_pid()
         self.directory = multiprocess_dir()
         # Without a directory, a registry of this application's own (two apps in one test
         # process do not share counts); with one, every scrape merges the files afresh.
@@ -151,17 +153,28 @@ class Metrics:
         self.outbox = OutboxCollector(database)
         if registry is not None:
             registry.register(self.outbox)
+        self.children: dict[tuple[Any, tuple[str, ...]], Any] = {}  # see `child`
 
     def answered(self, answered: Answered) -> None:
         """Counts one MM7 request (a POST to the MM7 path) by what it came to."""
         operation = answered.operation or UNREAD
-        self.requests.labels(operation, answered.namespace or UNREAD, str(answered.status_code)).inc()
-        self.http.labels("mm7", str(answered.http_status)).inc()
+        self.child(self.requests, operation, answered.namespace or UNREAD, str(answered.status_code)).inc()
+        self.child(self.http, "mm7", str(answered.http_status)).inc()
         self.answer_time.observe(answered.seconds)
         if answered.resent:
             self.resends.labels(operation).inc()
         if isinstance(answered.error, errors.StoreError):
             self.storage_failures.labels(storage_cause(answered.error)).inc()
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, looked up once: labels() checks its values, makes them
+        strings and takes a lock at every call, twice a request.  There are no more of them
+        than the metric has label values."""
+        key = (metric, values)
+        found = self.children.get(key)
+        if found is None:
+            found = self.children[key] = metric.labels(*values)
+        return found
 
     def http_answered(self, route: str, status: int) -> None:
         """Counts an answer that is not an MM7 request's (/health, /events, /metrics, the WSDL, …)."""
@@ -234,7 +247,7 @@ class OutboxCollector:
             return
         try:
             pending, oldest_age = outbox_backlog(self.database)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, psycopg.Error, errors.StoreError) as exc:
             log.warning("the outbox could not be read for /metrics: %s", exc)
             return
         yield GaugeMetricFamily("mm7soap_outbox_pending", "Events waiting to be delivered to the webhook", pending)
@@ -245,14 +258,24 @@ class OutboxCollector:
         )
 
 
-def outbox_backlog(database: str) -> tuple[int, float]:
-    """The pending events and the oldest one's age, in seconds: two reads of the pending
-    index, on a read-only connection of its own that gives up after OUTBOX_READ_SECONDS."""
+@contextmanager
+def read_only(database: str) -> Iterator[Any]:
+    """A read-only connection of its own to either engine, giving up after OUTBOX_READ_SECONDS."""
+    if postgres.is_postgresql(database):
+        with postgres.read_only(database, OUTBOX_READ_SECONDS) as db:
+            yield db
+        return
     uri = Path(database).absolute().as_uri() + "?mode=ro"
     with closing(sqlite3.connect(uri, uri=True, timeout=OUTBOX_READ_SECONDS)) as conn:
         deadline = time.monotonic() + OUTBOX_READ_SECONDS
         conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)  # nonzero: interrupt
-        db = sqlite_utils.Database(conn)
+        yield sqlite_utils.Database(conn)
+
+
+def outbox_backlog(database: str) -> tuple[int, float]:
+    """The pending events and the oldest one's age, in seconds: two reads of the pending
+    index, on a read-only connection of its own that gives up after OUTBOX_READ_SECONDS."""
+    with read_only(database) as db:
         pending = outbox.pending_count(db)
         oldest = outbox.oldest_pending(db) if pending else None
     if oldest is None:
@@ -384,3 +407,39 @@ def forget_held() -> None:
 
 
 os.register_at_fork(after_in_child=forget_held)
+
+
+# prometheus_client's values in files call os.getpid() at every increment, to notice a fork:
+# a system call, and under load most of the CPU that counting a request takes (py-spy on a
+# served worker, benchmarks/observability.py).  Ours ask `kept_pid`, which a forked child
+# renews before any of its Python code runs.
+process_id = os.getpid()
+
+
+def kept_pid() -> int:
+    return process_id
+
+
+def renew_pid() -> None:
+    global process_id
+    process_id = os.getpid()
+
+
+os.register_at_fork(after_in_child=renew_pid)
+
+
+def count_by_kept_pid() -> None:
+    """Before the process makes its first metric: prometheus_client's class of values in files,
+    asking `kept_pid` for the pid.  Not when it counts in memory, nor when something made
+    metrics in files here before (its files open beside ours would clash)."""
+    from prometheus_client import values
+
+    value_class = values.ValueClass
+    if not getattr(value_class, "_multiprocess", False) or getattr(value_class, "by_kept_pid", False):
+        return
+    directory = multiprocess_dir()
+    if directory is None or any(Path(directory).glob(f"*_{os.getpid()}.db")):
+        return
+    kept = values.MultiProcessValue(process_identifier=kept_pid)
+    kept.by_kept_pid = True
+    values.ValueClass = kept

@@ -18,11 +18,13 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 
 import sqlite_utils
 
 from mm7soap.connections import transaction
+from mm7soap.dialects import Dialect, dialect_of
 from mm7soap.envelope import raw_text
 from mm7soap.schema import (
     MESSAGE_COLUMNS,
@@ -78,16 +80,26 @@ class Outcome:
 # every claim, which holds the write lock, read all of them.
 RECORD_SQL = f"""
 INSERT INTO {OUTBOX} (event_id, type, source_id, order_key, created_at, next_attempt_at)
-VALUES (:event_id, :type, :source_id, :order_key, :created_at, max(:created_at, coalesce((
+VALUES (:event_id, :type, :source_id, :order_key, :created_at, {{greatest}}(:created_at, coalesce((
     SELECT max(next_attempt_at) FROM {OUTBOX} WHERE state = 'pending' AND order_key = :order_key), '')))
+RETURNING sequence
 """
 
 
 def record(db: sqlite_utils.Database, type: str, source_id: int, order_key: str | None, created_at: str) -> int:
     """Write the event of a row just inserted, in the caller's transaction; its sequence."""
+    dialect = dialect_of(db)
+    if dialect.outbox_lock is not None and not db.outbox_locked:  # held until the commit: see mm7soap.dialects
+        db.conn.execute(dialect.outbox_lock)
+        db.outbox_locked = True
     event = {"event_id": f"evt_{uuid.uuid4().hex}", "type": type, "source_id": source_id}
-    cursor = db.conn.execute(RECORD_SQL, {**event, "order_key": order_key, "created_at": created_at})
-    return int(cursor.lastrowid or 0)
+    cursor = db.conn.execute(record_sql(dialect), {**event, "order_key": order_key, "created_at": created_at})
+    return int(cursor.fetchall()[0][0])
+
+
+@lru_cache(maxsize=4)
+def record_sql(dialect: Dialect) -> str:
+    return RECORD_SQL.format(greatest=dialect.greatest)
 
 
 # INDEXED BY: without statistics SQLite picks `outbox_state_created` for `state = 'pending'`
@@ -96,14 +108,21 @@ def record(db: sqlite_utils.Database, type: str, source_id: int, order_key: str 
 # reads only the due events and stops at `limit`: with the receiver down and 50,000 events
 # waiting for their retry, a claim took 9 ms on `outbox_pending` (in sequence order, reading
 # every one of them) and now reads none of them.  Order per MessageID is kept by NOT EXISTS.
+# On PostgreSQL, forwarders of several instances claim at once: FOR UPDATE SKIP LOCKED
+# (mm7soap.dialects) makes each skip the events another is leasing.
 CLAIM_SQL = f"""
-SELECT sequence, event_id, type, source_id, created_at, attempts FROM {OUTBOX} AS o INDEXED BY outbox_due
+SELECT sequence, event_id, type, source_id, created_at, attempts FROM {OUTBOX} AS o {{hint}}
 WHERE state = 'pending' AND next_attempt_at <= :now AND (lease_until IS NULL OR lease_until <= :now)
   AND (order_key IS NULL OR NOT EXISTS (
       SELECT 1 FROM {OUTBOX} AS earlier
       WHERE earlier.state = 'pending' AND earlier.order_key = o.order_key AND earlier.sequence < o.sequence))
-ORDER BY next_attempt_at, sequence LIMIT :limit
+ORDER BY next_attempt_at, sequence LIMIT :limit {{lock}}
 """
+
+
+@lru_cache(maxsize=4)
+def claim_sql(dialect: Dialect) -> str:
+    return CLAIM_SQL.format(hint=dialect.claim_hint, lock=dialect.claim_lock)
 
 
 def claim(db: sqlite_utils.Database, limit: int, lease_seconds: float, renew: tuple[int, ...] = ()) -> list[Event]:
@@ -119,7 +138,8 @@ def claim(db: sqlite_utils.Database, limit: int, lease_seconds: float, renew: tu
 def take_due(
     db: sqlite_utils.Database, now: datetime, limit: int, lease_seconds: float, renew: tuple[int, ...]
 ) -> list[Event]:
-    rows = db.conn.execute(CLAIM_SQL, {"now": utc_timestamp(now), "limit": limit}).fetchall() if limit > 0 else []
+    params = {"now": utc_timestamp(now), "limit": limit}
+    rows = db.conn.execute(claim_sql(dialect_of(db)), params).fetchall() if limit > 0 else []
     events = [Event(*row) for row in rows]
     lease = utc_timestamp(now + timedelta(seconds=lease_seconds))
     leased = [*(e.sequence for e in events), *renew]
@@ -219,8 +239,9 @@ def oldest_pending(db: sqlite_utils.Database) -> str | None:
 
 
 def data_version(db: sqlite_utils.Database) -> int:
-    """SQLite's count of commits by *other* connections: unchanged means nothing new to claim."""
-    return int(db.execute("PRAGMA data_version").fetchone()[0])
+    """A number that changes when another connection commits: unchanged means nothing new to
+    claim (SQLite's count of other connections' commits, PostgreSQL's newest sequence)."""
+    return int(db.execute(dialect_of(db).commits_seen).fetchone()[0])
 
 
 def payload(db: sqlite_utils.Database, event: Event, include_raw: bool = False) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Looking after the outbox by hand (`mm7soap outbox`): what is waiting, what failed and why,
 retrying, and pruning what was delivered long ago (issue 18).
 
-Every write here is a short `BEGIN IMMEDIATE` transaction, as the service's own writes are, so
-it waits its turn behind a commit of reports and never holds the intake up for long.  Nothing
+Every write here is a short write transaction (SQLite's `BEGIN IMMEDIATE`, PostgreSQL's
+`BEGIN`), as the service's own writes are, so it waits its turn behind a commit of reports and
+never holds the intake up for long.  The statements are the same on both engines.  Nothing
 here deletes a pending or failed event: only `prune` deletes, and only delivered ones.
 """
 

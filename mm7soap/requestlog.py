@@ -12,15 +12,19 @@ bytes sent), and this one has what it cannot (the MM7 operation, ids and StatusC
 
 Under gunicorn the master configures the `mm7soap` logger before it forks (`configure`):
 stderr, as gunicorn's own log, at `log_level`, as text (gunicorn's line, key=value pairs)
-or as JSON, one object per line.
+or as JSON, one object per line.  A line only that handler would see (no other handler or
+filter on the way, as under gunicorn) is written by it directly, with no LogRecord: the same
+line for half the CPU, which every request pays (benchmarks/observability.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Any
@@ -100,7 +104,39 @@ def write(answered: Answered) -> None:
     if not REQUEST_LOG.isEnabledFor(level):
         return
     fields = answered.fields()
-    REQUEST_LOG.log(level, "%s", KeyValues(fields), extra={"mm7_fields": fields})
+    handler = sole_handler(level)
+    if handler is not None:
+        handler.write_line(level, fields)
+        return
+    # The record is made here and handed to the handlers as Logger.log would, but without its
+    # search of the stack for the caller's file and line, which are always this function's.
+    REQUEST_LOG.handle(record_of(level, fields))
+
+
+def record_of(level: int, fields: dict[str, Any]) -> logging.LogRecord:
+    """The record of a request line, as REQUEST_LOG.log would make it from `write`."""
+    return REQUEST_LOG.makeRecord(
+        REQUEST_LOG.name, level, __file__, WRITE_LINE, "%s", (KeyValues(fields),), None, "write", {"mm7_fields": fields}
+    )
+
+
+def sole_handler(level: int) -> RequestLogHandler | None:
+    """The handler `configure` added, when a line at `level` would reach it and nothing else:
+    no other handler or filter on its way, no formatter but ours.  So mm7soap runs under
+    gunicorn, and the line is then written without the LogRecord and the handler calls that
+    take most of its cost (a line a request is a cost every request pays)."""
+    package = REQUEST_LOG.parent
+    if REQUEST_LOG.handlers or REQUEST_LOG.filters or not REQUEST_LOG.propagate or package is None:
+        return None
+    if package.name != PACKAGE_LOG or package.propagate or package.filters or len(package.handlers) != 1:
+        return None
+    handler = package.handlers[0]
+    if type(handler) is not RequestLogHandler or handler.filters or level < handler.level:
+        return None
+    return handler if isinstance(handler.formatter, (TextFormatter, JsonFormatter)) else None
+
+
+WRITE_LINE = write.__code__.co_firstlineno  # where a request line is logged, for formats that show it
 
 
 def cut(value: Any) -> Any:
@@ -118,14 +154,43 @@ class KeyValues:
         self.fields = fields
 
     def __str__(self) -> str:
-        return " ".join(f"{name}={text_value(value)}" for name, value in self.fields.items())
+        return " ".join([f"{name}={text_value(value)}" for name, value in self.fields.items()])
 
 
 def text_value(value: Any) -> str:
-    if isinstance(value, bool):
+    if isinstance(value, str):  # most of a line: tested first
+        text = value
+    elif isinstance(value, bool):
         return "true" if value else "false"
-    text = str(value)
+    elif isinstance(value, (int, float)):
+        return str(value)  # digits, ".", "-", "e", "inf": always plain
+    else:
+        text = str(value)
     return text if PLAIN_VALUE.fullmatch(text) else json.dumps(text, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """gunicorn's line (TEXT_FORMAT).  Its time has whole seconds, so it is written once a
+    second rather than for every line (time.strftime with the local zone's offset is a
+    quarter of the formatting)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT, TEXT_DATE_FORMAT)
+        self.written: tuple[int, str] = (-1, "")  # (the second, its time as written); one tuple: no torn pair
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return self.stamp(record.created)
+
+    def stamp(self, created: float) -> str:
+        second = int(created)
+        written = self.written
+        if written[0] != second:
+            written = self.written = (second, time.strftime(TEXT_DATE_FORMAT, self.converter(created)))
+        return written[1]
+
+    def request_line(self, created: float, level: int, fields: dict[str, Any]) -> str:
+        """What `format` makes of a request line's record (`record_of`)."""
+        return f"{self.stamp(created)} [{os.getpid()}] [{logging.getLevelName(level)}] {KeyValues(fields)}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -133,12 +198,7 @@ class JsonFormatter(logging.Formatter):
     any other line's message, and its exception)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "pid": record.process,
-        }
+        line = json_head(record.created, record.levelname, record.name, record.process)
         fields = getattr(record, "mm7_fields", None)
         if fields is not None:
             line.update(fields)
@@ -148,9 +208,33 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)
 
+    def request_line(self, created: float, level: int, fields: dict[str, Any]) -> str:
+        """What `format` makes of a request line's record (`record_of`)."""
+        line = json_head(created, logging.getLevelName(level), REQUEST_LOG.name, os.getpid())
+        line.update(fields)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def json_head(created: float, level: str, logger: str, pid: int | None) -> dict[str, Any]:
+    time_text = datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="milliseconds")
+    return {"time": time_text, "level": level, "logger": logger, "pid": pid}
+
 
 class RequestLogHandler(logging.StreamHandler):  # type: ignore[type-arg] - a stream of text
     """The handler `configure` adds (and replaces when called again)."""
+
+    def write_line(self, level: int, fields: dict[str, Any]) -> None:
+        """The request line `emit` would write of `record_of(level, fields)`, written as it
+        would be, made without the record (`sole_handler` says when that is the same)."""
+        try:
+            text = self.formatter.request_line(time.time(), level, fields)  # ours: see sole_handler
+            with self.lock:  # as Handler.handle holds it around emit
+                self.stream.write(text + self.terminator)
+                self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record_of(level, fields))
 
 
 def configure(settings: Settings, stream: IO[str] | None = None) -> logging.Handler:
@@ -163,7 +247,7 @@ def configure(settings: Settings, stream: IO[str] | None = None) -> logging.Hand
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT, TEXT_DATE_FORMAT))
+        handler.setFormatter(TextFormatter())
     logger.addHandler(handler)
     logger.setLevel(settings.log_level.upper())
     logger.propagate = False

@@ -19,6 +19,15 @@ database is switched to that mode by one full VACUUM (`prune --vacuum`), which r
 whole file and holds the write lock meanwhile: an explicit, one-off maintenance step, never
 run by itself.  (New databases are not made incremental: its pointer maps cost every write.)
 
+On PostgreSQL the rows are deleted by the same statements; the space of deleted rows is
+reusable only once VACUUM has seen them.  Autovacuum waits until a fifth of a table is dead,
+weeks of a daily prune at 90 days of retention, and the tables grow meanwhile: so each prune
+runs VACUUM on the tables it deleted from (it cannot run inside a transaction; its lock lets
+reads and writes go on; a table autovacuum is busy with is skipped).  It also gives back the
+empty pages at a table's end.  `prune --vacuum` is VACUUM FULL of every table pruned: each
+rewritten, all its free space given back, and locked meanwhile (reports wait for it, past
+`busy_timeout_ms` the VACUUM gives up rather than hold the intake).
+
 `python -m mm7soap.retention` prunes every hour while the service runs (gunicorn's master
 starts it beside the workers when `retention_days` is set, see mm7soap/supervisor.py).
 """
@@ -34,11 +43,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from itertools import takewhile
+from typing import Any
 
 import sqlite_utils
 
 from mm7soap import outbox_admin
 from mm7soap.connections import in_batches
+from mm7soap.dialects import POSTGRESQL, SQLITE, dialect_of
 from mm7soap.schema import MESSAGES, OUTBOX, PARTS, READ_REPLIES, REPORTS
 from mm7soap.settings import Settings
 from mm7soap.store import Store
@@ -68,6 +79,7 @@ class Pruned:
     free_bytes: int = 0  # free pages in the file after it, which new rows use
     returned_bytes: int = 0  # given back to the filesystem (incremental vacuum or VACUUM)
     vacuumed: bool = False  # a full VACUUM ran
+    gives_back_later: bool = False  # later prunes give back what they free (SQLite, incremental)
 
     def summary(self) -> str:
         d = self.deleted
@@ -87,7 +99,8 @@ def prune(
 ) -> Pruned:
     """Delete what was stored more than `older_than_seconds` ago, `batch` rows per transaction,
     except rows whose events are not delivered; then reclaim the space (`vacuum`: a full
-    VACUUM, which also makes the database incremental).  `stopping` ends it between batches."""
+    VACUUM, which also makes a SQLite database incremental; on PostgreSQL, VACUUM FULL).
+    `stopping` ends it between batches."""
     if batch < 1 or older_than_seconds < 0:
         raise ValueError("batch must be at least 1 and the age 0 or more")
     now = datetime.now(timezone.utc)
@@ -163,6 +176,13 @@ def delete(db: sqlite_utils.Database, table: str, ids: list[int], pruned: Pruned
 def reclaim(
     db: sqlite_utils.Database, pruned: Pruned, vacuum: bool, pause: float, stopping: threading.Event | None
 ) -> None:
+    """Make the space of the deleted rows usable again, each engine its own way."""
+    RECLAIM[dialect_of(db).name](db, pruned, vacuum, pause, stopping)
+
+
+def reclaim_sqlite(
+    db: sqlite_utils.Database, pruned: Pruned, vacuum: bool, pause: float, stopping: threading.Event | None
+) -> None:
     """Give free pages back to the filesystem: all at once with `vacuum` (a full VACUUM, after
     which the database is incremental), else in short steps if it is incremental already."""
     page_size = pragma(db, "page_size")
@@ -170,7 +190,7 @@ def reclaim(
     if vacuum:
         db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect with the VACUUM
         db.execute("VACUUM")
-        pruned.vacuumed = True
+        pruned.vacuumed = pruned.gives_back_later = True
     elif pragma(db, "auto_vacuum") == INCREMENTAL:
         free = pragma(db, "freelist_count")
         while free and not (stopping is not None and stopping.is_set()):
@@ -188,6 +208,32 @@ def reclaim(
 
 def pragma(db: sqlite_utils.Database, name: str) -> int:
     return int(db.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+def reclaim_postgresql(db: Any, pruned: Pruned, vacuum: bool, pause: float, stopping: threading.Event | None) -> None:
+    """VACUUM the tables rows were deleted from, so that new rows reuse their space now (see
+    the module's doc); with `vacuum`, VACUUM FULL of every table pruned.  One table at a
+    time, each its own statement outside any transaction; `stopping` ends it between two."""
+    present = set(db.table_names())
+    tables = [table for table, count in pruned.deleted.items() if (count or vacuum) and table in present]
+    before = relation_bytes(db, tables)
+    for table in tables:
+        if stopping is not None and stopping.is_set():
+            break
+        # SKIP_LOCKED: a table autovacuum is busy with is being vacuumed already.
+        db.execute(f"VACUUM (FULL) {table}" if vacuum else f"VACUUM (SKIP_LOCKED) {table}")
+    pruned.vacuumed = vacuum
+    pruned.returned_bytes = max(before - relation_bytes(db, tables), 0)
+
+
+def relation_bytes(db: Any, tables: list[str]) -> int:
+    """The size of `tables` on disk, with their indexes and TOAST (large values)."""
+    sql = "SELECT coalesce(sum(pg_total_relation_size(name::regclass)), 0) FROM unnest(?::text[]) AS name"
+    return int(db.execute(sql, [tables]).fetchone()[0])
+
+
+# How each engine makes the space of deleted rows usable again, by its dialect's name.
+RECLAIM: dict[str, Callable[..., None]] = {SQLITE.name: reclaim_sqlite, POSTGRESQL.name: reclaim_postgresql}
 
 
 def prune_once(store: Store, older_than_seconds: float, stopping: threading.Event) -> Pruned | None:

@@ -21,7 +21,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.http import wsgi as gunicorn_wsgi
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from mm7soap import errors, metrics, requestlog
+from mm7soap import errors, metrics, postgres, requestlog
 from mm7soap.envelope import Reply
 from mm7soap.settings import ENV_PREFIX, Settings, parse_value
 from mm7soap.soap import fault_document
@@ -64,8 +64,13 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         requestlog.configure(settings)
         metrics.start_multiprocess(settings)
         store = Store(settings)
-        store.migrate()
-        store.close()  # workers open their own connections after the fork
+        try:
+            store.migrate()
+        except errors.StoreError as exc:  # a wrong URL or password: one line, no traceback
+            print(f"mm7soap: {exc.details or exc.status_text}", file=sys.stderr)
+            raise SystemExit(1) from None
+        finally:
+            store.close()  # workers open their own connections after the fork
 
     forwarder = ForwarderProcess(settings, exited=metrics.process_exited) if settings.webhook_url else None
     retention = RetentionProcess(settings) if settings.retention_days else None
@@ -126,9 +131,9 @@ def control_socket(settings: Settings) -> dict[str, Any]:
     for every instance a user runs, and gunicorn removes whatever is there when it starts, before
     each worker it forks and when it stops: one instance took the other's socket away.  The
     port tells apart instances sharing one database.  No socket at all when the database has no
-    folder (`:memory:`) or the path is too long for a socket; `--control-socket` on gunicorn's
-    command line still chooses one."""
-    if settings.database == ":memory:":
+    folder (`:memory:`, a PostgreSQL URL) or the path is too long for a socket;
+    `--control-socket` on gunicorn's command line still chooses one."""
+    if settings.database == ":memory:" or postgres.is_postgresql(settings.database):
         return {"control_socket_disable": True}
     path = f"{os.path.abspath(settings.database)}.{settings.port}.ctl"
     if len(os.fsencode(path)) > UNIX_PATH_MAX:

@@ -14,11 +14,12 @@ from urllib.parse import urlsplit
 ENV_PREFIX = "MM7SOAP_"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     """What the service needs; passed explicitly to everything that needs part of it."""
 
-    # SQLite file holding what arrived (the embedded default: a file beside you).
+    # Where what arrived is stored: a SQLite file (the embedded default: a file beside you), or
+    # a PostgreSQL database that several instances share, postgresql://user:password@host:5432/name.
     database: str = "mm7soap.db"
     host: str = "127.0.0.1"
     port: int = 8080
@@ -80,6 +81,18 @@ class Settings:
     # older ones every hour (mm7soap.retention), never a row whose event is not delivered.
     # 0 keeps everything for ever; `mm7soap prune` without --older-than uses it.
     retention_days: float = 0.0
+
+    def __repr__(self) -> str:
+        """Every setting but the secrets: passwords in URLs, the MMSC's password, the webhook secret."""
+        from mm7soap.postgres import redacted
+
+        shown = {setting.name: getattr(self, setting.name) for setting in fields(self)}
+        shown["database"] = redacted(self.database)
+        shown["webhook_url"] = redacted(self.webhook_url)
+        for secret in ("auth_password", "webhook_secret"):
+            if shown[secret]:
+                shown[secret] = "***"
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

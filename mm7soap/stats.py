@@ -19,6 +19,9 @@ operator and status.
   stored twice); **MO messages** counted.  Both by the day or hour they were stored.
 
 Days and hours are UTC, as every stored time.  `since` is inclusive, `until` exclusive.
+
+The same statements run on SQLite and PostgreSQL (stored times are text of a fixed width on
+both); only the arithmetic of times differs, in mm7soap.dialects (`seconds_between`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 
 import sqlite_utils
 
+from mm7soap.dialects import SQLITE, Dialect, dialect_of
 from mm7soap.schema import MESSAGES, READ_REPLIES, REPORTS
 from mm7soap.times import utc_timestamp
 
@@ -203,27 +207,28 @@ class Window:
     until: str | None
 
     def where(self, column: str = "received_at") -> tuple[str, dict[str, str]]:
-        """The SQL condition of the window on `column` (TRUE for all time), and its parameters."""
+        """The SQL condition of the window on `column` (TRUE for all time), and its parameters.
+        TRUE, not 1: PostgreSQL wants a boolean in a WHERE; SQLite reads TRUE as 1."""
         found = [f"{column} >= :since" if self.since else "", f"{column} < :until" if self.until else ""]
         params = {name: value for name, value in (("since", self.since), ("until", self.until)) if value}
-        return " AND ".join(term for term in found if term) or "1", params
+        return " AND ".join(term for term in found if term) or "TRUE", params
 
 
 def final_reports(db: sqlite_utils.Database, window: Window, by: tuple[str, ...]) -> Iterator[tuple]:
     """The final report of each MMS whose final report is in the window: the values of its
     dimensions `by`, then its MMStatus, whether that is delivered, and the seconds from the
     MMS's Date to it (None without a Date)."""
-    yield from db.execute(*final_reports_sql(window, by))
+    yield from db.execute(*final_reports_sql(window, by, dialect_of(db)))
 
 
-def final_reports_sql(window: Window, by: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+def final_reports_sql(window: Window, by: tuple[str, ...], dialect: Dialect = SQLITE) -> tuple[str, dict[str, str]]:
     """The query of `final_reports`, and its parameters.
 
     Every report of an MMS up to `until` is looked at, those before `since` too: an MMS whose
     last report is in the window counts there, at that status, and its Date may be on an
     earlier report.  With a `since`, only the MessageIDs of the window's reports are looked at
     (found in the received_at index); without, every MMS, in the order of the MessageID index.
-    julianday() counts milliseconds: times are to the millisecond."""
+    Times are to the millisecond (`dialect.seconds_between`)."""
     conditions, params = [], {}
     if window.until:
         conditions.append("received_at < :until")
@@ -233,14 +238,15 @@ def final_reports_sql(window: Window, by: tuple[str, ...]) -> tuple[str, dict[st
         conditions.append(f"message_id IN (SELECT message_id FROM {REPORTS} WHERE {inside})")
         params["since"] = window.since
     dimensions = "".join(f"{DIMENSION_SQL[name]}, " for name in by)
+    seconds = dialect.seconds_between.format(start="f.first_date", end="r.received_at")
     sql = f"""
     WITH finals AS (
         SELECT max(id) AS id, min(date_utc) AS first_date FROM {REPORTS}
-        WHERE {" AND ".join(conditions) or "1"} GROUP BY message_id, recipient
+        WHERE {" AND ".join(conditions) or "TRUE"} GROUP BY message_id, recipient
     )
     SELECT {dimensions}r.mm_status, lower(r.mm_status) = '{DELIVERED}',
-           round((julianday(r.received_at) - julianday(f.first_date)) * 86400.0, 3)
-    FROM finals AS f JOIN {REPORTS} AS r ON r.id = f.id WHERE {"r.received_at >= :since" if window.since else "1"}
+           {seconds}
+    FROM finals AS f JOIN {REPORTS} AS r ON r.id = f.id WHERE {"r.received_at >= :since" if window.since else "TRUE"}
     """
     return sql, params
 

@@ -1,16 +1,19 @@
-"""The SQLite store: one small wrapper over sqlite-utils, with migrations.
+"""The store: one small wrapper over the database, with migrations.
 
 A delivery report, a read reply or an MO message with all its parts is committed (WAL,
-`synchronous=FULL` by default) before the service answers 1000; any SQLite failure
+`synchronous=FULL` by default) before the service answers 1000; any database failure
 becomes `errors.StoreError`, answered 3000 so the MMSC retries.  Each process (gunicorn
 worker) and thread opens its own connection on first use, so a connection is never shared
 across a fork.
+
+The database is a SQLite file (mm7soap.connections, mm7soap.schema) or, given a
+`postgresql://` URL, a PostgreSQL database that several instances share (mm7soap.postgres,
+mm7soap.postgres_schema): the same statements on both, through each engine's connections.
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,9 +22,9 @@ from typing import Any
 
 import sqlite_utils
 
-from mm7soap import errors, outbox
+from mm7soap import errors, outbox, postgres, postgres_schema
 from mm7soap.commit import CommitObserver, GroupCommit
-from mm7soap.connections import Connections, transaction
+from mm7soap.connections import Connections, StoreConnections, transaction
 from mm7soap.schema import (
     MESSAGE_COLUMNS,
     MESSAGES,
@@ -57,6 +60,30 @@ def announced(db: sqlite_utils.Database, stored: Stored, event_type: str, order_
     return stored
 
 
+@dataclass(frozen=True)
+class RowWrite:
+    """A group commit's work (mm7soap.commit): one report's row, stored once, and its event.
+    Said as data rather than as a function, so that PostgreSQL can send a batch of them in
+    one round trip (mm7soap.postgres_batch)."""
+
+    table: str
+    columns: dict[str, type]
+    row: dict[str, Any]
+    event_type: str
+    order_key: str | None
+
+    def __call__(self, db: sqlite_utils.Database) -> Stored:
+        stored = insert_once(db, self.table, self.columns, self.row, RESENT_REPORT_SQL[self.table])
+        return announced(db, stored, self.event_type, self.order_key)
+
+    def stored(self, db: Any, inserted: tuple[Any, ...] | None) -> Stored:
+        """What an insert that returned `inserted` (its id and received_at, or nothing for a
+        resend) stored; StoreError if it was neither stored nor found."""
+        if inserted is not None:
+            return Stored(id=int(inserted[0]), duplicate=False, received_at=inserted[1])
+        return resent(db, self.table, self.row, RESENT_REPORT_SQL[self.table])
+
+
 class Store:
     """The database of one mm7soap instance."""
 
@@ -64,7 +91,8 @@ class Store:
         self.path = settings.database
         self.busy_timeout_ms = settings.busy_timeout_ms
         self.synchronous = settings.synchronous.upper()
-        self.connections = Connections(self.path, self.busy_timeout_ms, self.synchronous, self.migrate)
+        self.connections = self.connect()
+        self.connections.prepare = self.migrate
         self._writes: tuple[int, GroupCommit] | None = None
         # Told of each group commit (mm7soap.metrics); set before the first write.
         self.observe_commit: CommitObserver | None = None
@@ -80,13 +108,23 @@ class Store:
         """This process's and thread's connection, opened on first use (after any fork)."""
         return self.connections.db
 
+    @property
+    def on_postgresql(self) -> bool:
+        return postgres.is_postgresql(self.path)
+
+    def connect(self) -> StoreConnections:
+        """Connections of this store's engine, which open on first use."""
+        if self.on_postgresql:
+            return postgres.PgConnections(self.path, self.busy_timeout_ms, self.synchronous)
+        return Connections(self.path, self.busy_timeout_ms, self.synchronous)
+
     def close(self) -> None:
         """Close every connection this process opened (not those inherited across a fork)."""
         self.connections.close()
 
     def migrate(self) -> int:
         """Bring the schema up to date; returns the schema version.  Safe to run concurrently."""
-        return migrate(self.db)
+        return migrate_any(self.connections.db)
 
     @property
     def writes(self) -> GroupCommit:
@@ -98,21 +136,11 @@ class Store:
     def save_delivery_report(self, row: dict[str, Any]) -> Stored:
         """Commit one delivery report and its outbox event durably, or find it already stored
         (`mm7soap.resend`); StoreError otherwise."""
-
-        def work(db: sqlite_utils.Database) -> Stored:
-            stored = insert_once(db, REPORTS, REPORT_COLUMNS, row, RESENT_REPORT_SQL[REPORTS])
-            return announced(db, stored, "delivery_report", row["message_id"])
-
-        return self.writes.run(work)
+        return self.writes.run(RowWrite(REPORTS, REPORT_COLUMNS, row, "delivery_report", row["message_id"]))
 
     def save_read_reply(self, row: dict[str, Any]) -> Stored:
         """Commit one read reply, exactly as a delivery report."""
-
-        def work(db: sqlite_utils.Database) -> Stored:
-            stored = insert_once(db, READ_REPLIES, READ_REPLY_COLUMNS, row, RESENT_REPORT_SQL[READ_REPLIES])
-            return announced(db, stored, "read_reply", row["message_id"])
-
-        return self.writes.run(work)
+        return self.writes.run(RowWrite(READ_REPLIES, READ_REPLY_COLUMNS, row, "read_reply", row["message_id"]))
 
     def save_message(self, row: dict[str, Any], parts: list[dict[str, Any]]) -> Stored:
         """Commit an MO message, all its parts and its event together, or nothing of it."""
@@ -130,8 +158,8 @@ class Store:
         """A group commit on connections of its own, which `close` leaves alone: for a thread
         that may outlive its caller (mm7soap/health.py), whose connection no other thread may
         close while it is in use (closing a connection another thread is using crashes)."""
-        connections = Connections(self.path, self.busy_timeout_ms, self.synchronous)
-        connections.prepare = lambda: migrate(connections.db)
+        connections = self.connect()
+        connections.prepare = lambda: migrate_any(connections.db)
         return GroupCommit(connections, self.busy_timeout_ms)
 
     def check_writable(self, writes: GroupCommit) -> None:
@@ -154,16 +182,16 @@ class Store:
         select: str = "*",
     ) -> Iterator[dict[str, Any]]:
         """Rows of `table`, newest first, where each given filter column equals its value."""
-        where = [f"[{column}] = :{column}" for column, value in filters.items() if value is not None]
+        where = [f"{column} = :{column}" for column, value in filters.items() if value is not None]
         params: dict[str, Any] = {column: value for column, value in filters.items() if value is not None}
         if since is not None:
             where.append("received_at >= :since")
             params["since"] = utc_timestamp(since)
         if table not in self.db.table_names():
             return iter(())
-        return self.db[table].rows_where(
-            " AND ".join(where) or None, params, order_by="received_at DESC, id DESC", limit=limit, select=select
-        )
+        sql = f"SELECT {select} FROM {table}" + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql += " ORDER BY received_at DESC, id DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        return dict_rows(self.db.execute(sql, params))
 
     def delivery_reports(
         self,
@@ -218,6 +246,20 @@ class Store:
         return [dict(zip(columns, found, strict=True)) for found in self.db.execute(sql, [message]).fetchall()]
 
 
+def dict_rows(cursor: Any) -> Iterator[dict[str, Any]]:
+    """A cursor's rows as dicts by column name (sqlite3's and psycopg's alike)."""
+    names = [column[0] for column in cursor.description or ()]
+    for row in cursor:
+        yield dict(zip(names, row, strict=True))
+
+
+def migrate_any(db: Any) -> int:
+    """Bring the schema of a database of either engine up to date."""
+    if isinstance(db, postgres.PgDatabase):
+        return postgres_schema.migrate(db)
+    return migrate(db)
+
+
 def migrate(db: sqlite_utils.Database) -> int:
     """Bring the schema of `db` up to date; returns the schema version."""
     with transaction(db):
@@ -248,9 +290,15 @@ def insert_once(
     `received_at` is taken here, inside the write transaction, not when the request arrived:
     writers take turns, so text order of `received_at` is commit order, as documented."""
     received_at = utc_timestamp(datetime.now(timezone.utc))
-    cursor = insert(db, table, columns, {**row, "received_at": received_at}, on_conflict="ON CONFLICT DO NOTHING")
-    if cursor.rowcount == 1:
-        return Stored(id=cursor.lastrowid or 0, duplicate=False, received_at=received_at)
+    on_conflict = "ON CONFLICT DO NOTHING RETURNING id"
+    inserted = insert(db, table, columns, {**row, "received_at": received_at}, on_conflict).fetchall()
+    if inserted:
+        return Stored(id=int(inserted[0][0]), duplicate=False, received_at=received_at)
+    return resent(db, table, row, resent_sql)
+
+
+def resent(db: Any, table: str, row: dict[str, Any], resent_sql: str) -> Stored:
+    """The stored row that `row`, not inserted, resends; StoreError if there is none."""
     found = db.conn.execute(resent_sql, row).fetchone()
     if found is None:  # only a constraint we do not know about could get here
         raise errors.StoreError(f"the {table} row was neither stored nor found")
@@ -259,7 +307,7 @@ def insert_once(
 
 def insert(
     db: sqlite_utils.Database, table: str, columns: dict[str, type], row: dict[str, Any], on_conflict: str = ""
-) -> sqlite3.Cursor:
+) -> Any:
     names, sql = insert_statement(table, tuple(columns), on_conflict)
     return db.conn.execute(sql, [row.get(c) for c in names])
 

@@ -129,3 +129,83 @@ def test_benchmark_observability_target_and_ratio(monkeypatch, tmp_path):
     lines = [line("mm7soap", 900.0), line("mm7soap-quiet", 1000.0), line("mm7soap", 10.0, connections=8)]
     assert report.observability_cost(lines) == ["mm7soap / mm7soap-quiet at 32 connections: 0.90 (median req/s)"]
     assert "no run of both" in report.observability_cost(lines[:1])[0]
+
+
+def test_observability_runs_both_targets_at_once_swapping_which_starts_first(monkeypatch):
+    """`observability.py` measures mm7soap (request log at INFO in the chosen format, metrics)
+    beside mm7soap-quiet (or, `--control`, mm7soap-quiet beside itself), each round starting
+    the other one first, and its two wrk runs in threads started in that order."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    observability = importlib.import_module("observability")
+    args = observability.parse_args([])
+    assert (args.rounds, args.duration, args.connections, args.log_format) == (6, 10, 32, "text")
+    on, off = observability.targets(args)
+    logging_on, quiet = (target.environment(8080, ROOT) for target in (on, off))
+    assert (logging_on["MM7SOAP_LOG_LEVEL"], logging_on["MM7SOAP_LOG_FORMAT"]) == ("info", "text")
+    assert logging_on.get("MM7SOAP_METRICS_ACCESS") != "off"
+    assert (quiet["MM7SOAP_METRICS_ACCESS"], quiet["MM7SOAP_LOG_LEVEL"]) == ("off", "warning")
+    json_on = observability.targets(observability.parse_args(["--log-format", "json"]))[0]
+    assert json_on.environment(8080, ROOT)["MM7SOAP_LOG_FORMAT"] == "json"
+    control = observability.targets(observability.parse_args(["--control"]))
+    assert [target.name for target in control] == ["quiet-a", "quiet-b"]
+    assert {target.settings for target in control} == {off.settings}
+    assert observability.in_order(1, (on, off)) == (on, off)
+    assert observability.in_order(2, (on, off)) == (off, on)
+    started: list[str] = []
+    assert observability.together([lambda: started.append("a") or 1, lambda: started.append("b") or 2]) == [1, 2]
+    assert started == ["a", "b"]
+
+
+def test_observability_ratios_their_medians_and_problems(monkeypatch):
+    """Each round's ratios: req/s (mm7soap / quiet) and CPU per report (quiet / mm7soap),
+    summed up by their medians and ranges; a run's problem or a replaced worker is a round's."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    observability = importlib.import_module("observability")
+    measure = importlib.import_module("measure")
+
+    def side(target: str, rate: float, reports: int, cpu: float, not_1000: int = 0) -> object:
+        numbers = {"ok_1000": reports, "not_1000": not_1000, "errors": 0, "rows_added": reports}
+        measured = measure.Run(1, target, 32, None, rate, 1.0, 2.0, **numbers, abandoned=0, abandoned_stored=0, wrk={})
+        return observability.Measured(measured, cpu)
+
+    def paired(number: int, on: object, off: object, replaced: tuple[str, ...] = ()) -> object:
+        return observability.Paired(number, "mm7soap", on, off, list(replaced))
+
+    quiet = side("mm7soap-quiet", 100.0, 1000, 1.0)
+    rounds = [
+        paired(1, side("mm7soap", 90.0, 900, 1.8), side("mm7soap-quiet", 100.0, 1000, 1.6)),
+        paired(2, side("mm7soap", 99.0, 990, 1.0), quiet),
+        paired(3, side("mm7soap", 50.0, 500, 1.0), side("mm7soap-quiet", 100.0, 1000, 1.2)),
+    ]
+    assert [round(each.ratio, 3) for each in rounds] == [0.9, 0.99, 0.5]
+    assert [round(each.cpu_ratio, 3) for each in rounds] == [0.8, 0.99, 0.6]
+    summary = observability.summary(rounds)
+    assert summary[1].split(":")[1].split() == ["0.900", "(0.500–0.990)"]
+    assert summary[2].split(":")[1].split() == ["0.800", "(0.600–0.990)"]
+    assert summary[3].startswith("the request log and the metrics cost 10.0% of req/s, 20.0% by CPU per report")
+    assert "noise" in observability.summary(rounds, control=True)[-1]
+    assert all(each.problems() == [] for each in rounds)
+    failed = paired(4, rounds[0].on, side("mm7soap-quiet", 100.0, 1000, 1.0, not_1000=3))
+    assert "answers other than 1000" in failed.problems()[0]
+    assert paired(5, rounds[0].on, quiet, ("mm7soap",)).problems() == ["round 5 mm7soap: a worker was replaced"]
+
+
+def test_run_observability_runs_observability_py_after_its_table(monkeypatch):
+    """`run.py --observability` then runs observability.py at 32 connections with its own
+    duration, warm-up, threads and timeout; a script that fails says so in the last line."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    run = importlib.import_module("run")
+    followed: list[list[str]] = []
+    with monkeypatch.context() as patched:
+        patched.setattr(run, "follow_up", lambda name, command: followed.append([name, *map(str, command)]) or [])
+        run.side_by_side(run.parse_args(["--observability", "--duration", "7", "--warmup", "1"]))
+    [[name, script, *arguments]] = followed
+    assert (name, script) == ("side by side", "observability.py")
+    assert dict(zip(arguments[::2], arguments[1::2], strict=True)) == {
+        "--connections": "32",
+        "--duration": "7",
+        "--warmup": "1",
+        "--threads": "2",
+        "--timeout": "10",
+    }
+    assert run.follow_up("missing", ["no-such-script.py"])[-1] == "missing: exit 2"

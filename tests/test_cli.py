@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import fields
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 import click
 import pytest
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 from mm7soap.cli import cli
 from mm7soap.namespaces import MM7_NAMES
 from mm7soap.settings import Settings
+from tests.backends import only_postgresql
 from tests.helpers import call, data, template
 
 
@@ -45,6 +47,7 @@ def test_the_commands_exist():
         "outbox prune",
         "stats",
         "prune",
+        "copy",
     }
 
 
@@ -60,6 +63,12 @@ def test_every_command_has_help_ending_with_an_example(path):
     assert help_text and "Example:" in help_text
     assert help_text.rstrip().splitlines()[-1].strip().startswith("mm7soap ")
     assert "Example:" in result.output
+
+
+@pytest.fixture
+def settings(backend_settings: Settings) -> Settings:
+    """Every test of a database here runs on SQLite and on PostgreSQL (tests/conftest.py)."""
+    return backend_settings
 
 
 def store_examples(app) -> None:
@@ -257,6 +266,35 @@ def test_a_read_command_refuses_a_missing_database_and_creates_none(tmp_path, co
     assert result.exit_code == 2
     assert f"no database at {missing}" in result.output
     assert not missing.exists()
+
+
+READ_COMMANDS = [
+    ["reports"],
+    ["report", "4711"],
+    ["messages"],
+    ["message", "1"],
+    ["stats"],
+    ["outbox"],
+    ["outbox", "list"],
+    ["prune", "--older-than", "90d"],
+]
+
+
+@only_postgresql
+@pytest.mark.parametrize("command", READ_COMMANDS, ids=" ".join)
+@pytest.mark.parametrize("wrong", ["database", "password"])
+def test_a_postgresql_database_it_cannot_use_is_said_in_one_line_without_the_password(settings, command, wrong):
+    url = urlsplit(settings.database)
+    assert url.password
+    if wrong == "database":
+        bad, said = url._replace(path="/no_such_database"), 'database "no_such_database" does not exist'
+    else:
+        bad, said = url._replace(netloc=url.netloc.replace(url.password, "not-the-password")), "password authentication"
+    result = CliRunner().invoke(cli, [*command, "--database", bad.geturl()])
+    assert result.exit_code == 1
+    [line] = result.output.splitlines()
+    assert line.startswith(f"Error: cannot connect to postgresql://{url.username}:***@") and said in line
+    assert url.password not in line and "not-the-password" not in line
 
 
 def test_a_read_command_with_bad_settings_says_which_in_one_line(tmp_path, monkeypatch):

@@ -12,6 +12,8 @@ import re
 import pytest
 
 from mm7soap.namespaces import MM7_NAMESPACES, SOAP_ENV
+from mm7soap.settings import Settings
+from tests.backends import fail_inserts_into
 from tests.helpers import assert_fault, call, data, find_local, template
 from tests.test_mime import multipart, part
 
@@ -29,6 +31,12 @@ BASE = (
     "<Recipients><To><ShortCode>24680</ShortCode></To></Recipients>"
     '<TimeStamp>2026-11-27T10:00:00Z</TimeStamp><Content href="cid:x"/>'
 )
+
+
+@pytest.fixture
+def settings(backend_settings: Settings) -> Settings:
+    """Every test here runs on SQLite and on PostgreSQL, unless narrowed to one engine."""
+    return backend_settings
 
 
 def envelope(children: str = BASE, tx: str = "tx-1", ns: str = REL6, version: str = "6.8.0") -> bytes:
@@ -336,16 +344,12 @@ def test_different_content_under_the_same_linked_id_is_two_messages(app):
 
 
 def test_a_failing_part_insert_leaves_nothing_and_the_resend_is_stored(app):
-    app.store.db.execute(
-        "CREATE TRIGGER fail_second_part BEFORE INSERT ON message_parts WHEN NEW.position = 2"
-        " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-    )
     body, ctype = sinch_body(sinch_envelope())
-    response = call(app, body, content_type=ctype)
+    with fail_inserts_into(app.store.db, "message_parts", when="NEW.position = 2"):
+        response = call(app, body, content_type=ctype)
     assert_fault(response, "Server", 3000, REL6)
     assert response.text("Header/TransactionID") == "sinch-tx-1"
     assert counts(app) == (0, 0)
-    app.store.db.execute("DROP TRIGGER fail_second_part")
     acked(call(app, body, content_type=ctype))
     row, parts = only_message(app)
     assert (row["part_count"], [p["position"] for p in parts]) == (2, [1, 2])

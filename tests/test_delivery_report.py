@@ -6,9 +6,16 @@ import pytest
 from lxml import etree
 
 from mm7soap.namespaces import MM7_NAMESPACES, SOAP_ENV
+from mm7soap.settings import Settings
 from tests.helpers import SINCH_CONTENT_TYPE, assert_xml_equal, call, data, template
 
 REL6 = MM7_NAMESPACES["REL-6-MM7-1-4"]
+
+
+@pytest.fixture
+def settings(backend_settings: Settings) -> Settings:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return backend_settings
 
 
 def reports(app):

@@ -29,6 +29,8 @@ from hypothesis import strategies as st
 from mm7soap.namespaces import MM7_NAMESPACES, SOAP_ENV
 from mm7soap.settings import Settings
 from mm7soap.transport import MM7WsgiApp
+from tests.backends import fresh_postgresql_database
+from tests.conftest import need_postgresql
 from tests.helpers import call
 
 REL6 = MM7_NAMESPACES["REL-6-MM7-1-4"]
@@ -292,10 +294,18 @@ def envelope(operation: str, children: list[str], transaction_id: str) -> bytes:
 # --- The service, and the properties ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MM7WsgiApp]:
-    database = tmp_path_factory.mktemp("properties") / "mm7soap.db"
-    app = MM7WsgiApp(Settings(database=str(database), synchronous="OFF"))
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MM7WsgiApp]:
+    """One app for all examples, on each engine in turn (the `database` fixture is one test's)."""
+    if request.param == "sqlite":
+        yield from serving(str(tmp_path_factory.mktemp("properties") / "mm7soap.db"))
+        return
+    with fresh_postgresql_database(request.getfixturevalue("postgresql_admin"), need_postgresql()) as url:
+        yield from serving(url)
+
+
+def serving(database: str) -> Iterator[MM7WsgiApp]:
+    app = MM7WsgiApp(Settings(database=database, synchronous="OFF"))
     yield app
     app.store.close()
 

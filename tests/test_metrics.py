@@ -101,6 +101,28 @@ def test_a_4004_is_counted_with_what_was_read_of_the_request(open_app):
     assert value(found, "mm7soap_commit_batch_size_count") == 0  # nothing was written
 
 
+def test_each_outcome_is_counted_under_its_own_labels_however_they_interleave(make_app):
+    """Metrics.answered looks each counter up once by all its label values (Metrics.child): a
+    1000 after a 4004 of the same operation, a 413 after an unreadable 500 (both `unread`),
+    is still counted under its own."""
+    app = make_app(metrics_access="open", max_body_bytes=4096)
+    call(app, report("tx-a"))
+    call(app, report("tx-b", MessageID=""))  # DeliveryReport, 4004, HTTP 500
+    call(app, data("not_well_formed.xml"))  # unread, 4004, HTTP 500
+    call(app, b"<x>" + b" " * 5000 + b"</x>")  # unread, 2004, HTTP 413 (not read)
+    call(app, report("tx-c", MessageID="<MessageID>msg-c</MessageID>"))
+    found = scrape(app)
+    assert value(found, "mm7soap_requests_total", operation="DeliveryReport", namespace=REL6, status_code="1000") == 2
+    assert value(found, "mm7soap_requests_total", operation="DeliveryReport", namespace=REL6, status_code="4004") == 1
+    assert value(found, "mm7soap_requests_total", operation="unread", namespace="unread", status_code="4004") == 1
+    assert value(found, "mm7soap_requests_total", operation="unread", namespace="unread", status_code="2004") == 1
+    responses = {
+        status: value(found, "mm7soap_http_responses_total", route="mm7", status=status)
+        for status in ["200", "500", "413"]
+    }
+    assert responses == {"200": 2, "500": 2, "413": 1}
+
+
 def test_a_3000_with_the_database_locked_is_a_storage_failure_caused_by_the_lock(open_app, settings):
     blocker = sqlite3.connect(settings.database, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
@@ -464,3 +486,73 @@ def test_a_process_forked_while_the_lock_is_held_does_not_keep_it(tmp_path):
         [sys.executable, "-c", FORK_WHILE_FOLDING, str(tmp_path)], capture_output=True, text=True, timeout=30, cwd=ROOT
     )
     assert done.stdout.strip() == "free", done.stderr
+
+
+COUNT_ACROSS_A_FORK = """
+import json, os, sys
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+from prometheus_client.mmap_dict import MmapedDict
+from mm7soap import metrics
+from mm7soap.requestlog import Answered
+
+counted = metrics.Metrics(":memory:")
+answered = Answered("DeliveryReport", "REL-6-MM7-1-4", "tx", "m", None, 1000, 200, 0.002)
+counted.answered(answered)
+child = os.fork()  # as gunicorn forks a worker
+if child == 0:
+    counted.answered(answered)
+    counted.answered(answered)
+    os._exit(0)
+os.waitpid(child, 0)
+counted.answered(answered)
+metrics.process_id = 4242  # what kept_pid says is the pid is where the counts go
+counted.answered(answered)
+found = {}
+for name in sorted(os.listdir(sys.argv[1])):
+    for key, value, _, _ in MmapedDict.read_all_values_from_file(os.path.join(sys.argv[1], name)):
+        if name.startswith("counter_") and '"mm7soap_requests_total"' in key:
+            pid = name[len("counter_"):-len(".db")]
+            found[{str(os.getpid()): "parent", str(child): "child"}.get(pid, pid)] = value
+print(json.dumps(found))
+"""
+
+
+def test_counts_in_files_go_by_the_pid_kept_and_renewed_at_fork(tmp_path):
+    """prometheus_client's values in files ask metrics.kept_pid, not os.getpid() at every
+    increment: a forked child, whose kept pid is renewed, counts in its own file."""
+    done = subprocess.run(
+        [sys.executable, "-c", COUNT_ACROSS_A_FORK, str(tmp_path)], capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
+    assert json.loads(done.stdout) == {"parent": 2, "child": 2, "4242": 1}, done.stderr
+
+
+METRICS_MADE_BEFORE = """
+import json, os, sys
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+from prometheus_client import Counter, values
+from prometheus_client.mmap_dict import MmapedDict
+from mm7soap import metrics
+from mm7soap.requestlog import Answered
+
+theirs = Counter("theirs", "an embedding application's", ["kind"])
+theirs.labels("a").inc()
+counted = metrics.Metrics(":memory:")
+counted.answered(Answered("DeliveryReport", "REL-6-MM7-1-4", "tx", "m", None, 1000, 200, 0.002))
+theirs.labels("b").inc(2)  # a key added to the file after ours
+path = os.path.join(sys.argv[1], f"counter_{os.getpid()}.db")
+found = {}
+for key, value, _, _ in MmapedDict.read_all_values_from_file(path):
+    found[json.loads(key)[0]] = found.get(json.loads(key)[0], 0) + value
+print(json.dumps([getattr(values.ValueClass, "by_kept_pid", False), found]))
+"""
+
+
+def test_metrics_made_in_files_before_ours_keep_prometheus_clients_own_values(tmp_path):
+    """Something made metrics in files in this process before mm7soap: its files are open, so
+    mm7soap's metrics use prometheus_client's own values too, and no count overwrites another."""
+    done = subprocess.run(
+        [sys.executable, "-c", METRICS_MADE_BEFORE, str(tmp_path)], capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
+    kept, found = json.loads(done.stdout)
+    assert kept is False, done.stderr
+    assert (found["theirs"], found["mm7soap_requests"]) == (3.0, 1.0)

@@ -15,13 +15,21 @@ from typing import Any
 import pytest
 
 from mm7soap import outbox, times
+from mm7soap.dialects import POSTGRESQL, SQLITE, dialect_of
 from mm7soap.outbox import Backoff, Event, Outcome
 from mm7soap.settings import Settings
+from tests.backends import fail_inserts_into, only_postgresql, only_sqlite, traced
 from tests.helpers import call
 from tests.test_deliver import PNG, envelope, post, with_picture
 from tests.test_stored_right import acknowledged, read_reply, report
 
 SECRET = "whsec_" + base64.b64encode(b"outbox-test-secret-32-bytes-long").decode()
+
+
+@pytest.fixture
+def settings(backend_settings: Settings) -> Settings:
+    """Every test here runs on SQLite and on PostgreSQL, unless narrowed to one engine."""
+    return backend_settings
 
 
 def events(app: Any) -> list[dict[str, Any]]:
@@ -90,20 +98,18 @@ def test_every_new_report_gets_its_own_event_with_increasing_sequences(app):
 @pytest.mark.parametrize("refusing", ["delivery_reports", "outbox"])
 def test_a_storage_failure_leaves_neither_row_nor_event(app, refusing):
     """3000 whether the row or its event cannot be written; the MMSC's retry then stores both."""
-    db = app.store.db
-    db.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON {refusing} BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-    response = call(app, report(tx="tx-1"))
+    with fail_inserts_into(app.store.db, refusing):
+        response = call(app, report(tx="tx-1"))
     assert response.text("Body/Fault/detail/VASPErrorRsp/Status/StatusCode") == "3000", response.body
     assert (count(app, "delivery_reports"), count(app, "outbox")) == (0, 0)
 
-    db.execute("DROP TRIGGER refuse")
     acknowledged(app, report(tx="tx-1"))  # the retry is stored, not taken for a resend
     assert (count(app, "delivery_reports"), count(app, "outbox")) == (1, 1)
 
 
 def test_an_mo_whose_event_cannot_be_written_leaves_no_message_or_parts(app):
-    app.store.db.execute("CREATE TRIGGER refuse BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'full'); END")
-    response = post(app, with_picture(envelope(tx="mo-1")))
+    with fail_inserts_into(app.store.db, "outbox"):
+        response = post(app, with_picture(envelope(tx="mo-1")))
     assert response.text("Body/Fault/detail/VASPErrorRsp/Status/StatusCode") == "3000", response.body
     assert (count(app, "messages"), count(app, "message_parts"), count(app, "outbox")) == (0, 0, 0)
 
@@ -179,11 +185,10 @@ def test_an_exchange_settles_and_claims_in_one_transaction_so_the_next_of_a_mess
     [forwarded] = outbox.claim(app.store.db, 10, lease_seconds=60)  # the second waits for it
     backoff = Backoff(first=2.0, cap=10.0, max_age=3600.0)
     delivered = Outcome(forwarded.sequence, True, 204)
-    statements: list[str] = []
-    app.store.db.conn.set_trace_callback(statements.append)
-    [retrieved] = outbox.exchange(app.store.db, [(forwarded, delivered)], backoff, lambda: 0.5, 10, 60)
-    app.store.db.conn.set_trace_callback(None)
-    assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == ["BEGIN IMMEDIATE", "COMMIT"]
+    with traced(app.store.db) as statements:
+        [retrieved] = outbox.exchange(app.store.db, [(forwarded, delivered)], backoff, lambda: 0.5, 10, 60)
+    begin = dialect_of(app.store.db).begin  # BEGIN IMMEDIATE on SQLite, BEGIN on PostgreSQL
+    assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == [begin, "COMMIT"]
     assert retrieved.sequence == forwarded.sequence + 1
     assert [(row["state"], row["lease_until"] is None) for row in events(app)] == [
         ("delivered", True),
@@ -191,14 +196,41 @@ def test_an_exchange_settles_and_claims_in_one_transaction_so_the_next_of_a_mess
     ]
 
 
+@only_sqlite
 def test_a_claim_reads_only_due_events_in_index_order_and_sorts_nothing(app):
     """A claim holds the write lock: sorting every pending event there made a backlog of
     50,000 drain at a third of the speed, and reading every event that waits for its retry
     (the receiver down) took 9 ms a claim at 50,000 (benchmarks/handoff.py)."""
-    plan = app.store.db.execute(f"EXPLAIN QUERY PLAN {outbox.CLAIM_SQL}", {"now": times.utc_timestamp(), "limit": 16})
+    plan = app.store.db.execute(
+        f"EXPLAIN QUERY PLAN {outbox.claim_sql(SQLITE)}", {"now": times.utc_timestamp(), "limit": 16}
+    )
     steps = [step[-1] for step in plan.fetchall()]
     assert any("USING INDEX outbox_due (next_attempt_at<?)" in step for step in steps), steps
     assert not any("TEMP B-TREE" in step for step in steps)
+    for n in range(3):  # and it still takes the due events, oldest first
+        acknowledged(app, report(f"tx-claim-{n}", MessageID=f"<MessageID>claim-{n}</MessageID>"))
+    claimed = outbox.claim(app.store.db, 2, lease_seconds=60)
+    assert [event.sequence for event in claimed] == [row["sequence"] for row in events(app)][:2]
+
+
+@only_postgresql
+def test_a_claim_can_read_only_due_events_in_index_order_on_postgresql(app):
+    """PostgreSQL's plan follows its statistics: with a few rows it rightly reads the table and
+    sorts it (at 50,000 pending events it takes outbox_due).  Told not to, it must find an
+    index that the claim's condition narrows and that gives its order, so nothing is sorted."""
+    db = app.store.db
+    db.execute("SET enable_seqscan = off")
+    db.execute("SET enable_sort = off")
+    try:
+        plan = db.execute(f"EXPLAIN {outbox.claim_sql(POSTGRESQL)}", {"now": times.utc_timestamp(), "limit": 16})
+        steps = [row[0] for row in plan.fetchall()]
+    finally:
+        db.execute("RESET enable_seqscan")
+        db.execute("RESET enable_sort")
+    assert any("Index Scan using outbox_due on outbox o " in step for step in steps), steps
+    assert any("Index Cond: (next_attempt_at <= " in step for step in steps), steps
+    assert not any("Sort" in step for step in steps), steps
+    assert any("LockRows" in step for step in steps), steps  # FOR UPDATE … SKIP LOCKED
     for n in range(3):  # and it still takes the due events, oldest first
         acknowledged(app, report(f"tx-claim-{n}", MessageID=f"<MessageID>claim-{n}</MessageID>"))
     claimed = outbox.claim(app.store.db, 2, lease_seconds=60)

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
@@ -29,7 +30,9 @@ from mm7soap.schema import MIGRATIONS
 from mm7soap.settings import Settings
 from mm7soap.store import Store
 from mm7soap.times import utc_timestamp as now_text
+from tests.backends import only_postgresql
 from tests.helpers import call
+from tests.statements import trace_statements
 from tests.test_cli import post_mo
 from tests.test_stored_right import read_reply, report
 
@@ -58,6 +61,12 @@ class Receiver:
     def sequences(self) -> list[int]:
         with self.lock:
             return [event["sequence"] for _, event in self.received]
+
+
+@pytest.fixture
+def settings(backend_settings: Settings) -> Settings:
+    """Every test of a database here runs on SQLite and on PostgreSQL (tests/conftest.py)."""
+    return backend_settings
 
 
 @pytest.fixture
@@ -263,7 +272,7 @@ def test_prune_deletes_in_batches_of_short_transactions(app, settings, receiver)
     store_report(app, "tx-late", "Retrieved", "msg-late")  # pending: never deleted
     begun: list[str] = []
     with Store(settings) as store:
-        store.db.conn.set_trace_callback(lambda sql: begun.append(sql) if sql.startswith("BEGIN") else None)
+        trace_statements(store.db, lambda sql: begun.append(sql) if sql.startswith("BEGIN") else None)
         assert outbox_admin.prune(store.db, 0, batch=10, pause=0) == 25
     assert len(begun) == 3  # 10, 10, 5
     assert states(app) == {26: "pending"}
@@ -283,7 +292,7 @@ def test_prune_lets_reports_be_stored_between_its_batches(app, settings, receive
                 stored_during.append(len(stored_during))
                 store_report(app, f"tx-during-{len(stored_during)}", "Retrieved", f"msg-d{len(stored_during)}")
 
-        store.db.conn.set_trace_callback(between)
+        trace_statements(store.db, between)
         assert outbox_admin.prune(store.db, 0, batch=10, pause=0) == 40
     assert list(states(app).values()) == ["pending"] * 3
 
@@ -350,6 +359,18 @@ def test_a_database_not_yet_migrated_has_an_empty_outbox(tmp_path):
         assert outbox_admin.retry(store.db, failed=True).count == 0
         assert outbox_admin.prune(store.db, 0) == 0
     assert CliRunner().invoke(cli, ["outbox", "-d", str(path)]).exit_code == 0
+
+
+@only_postgresql
+def test_a_postgresql_database_without_tables_has_an_empty_outbox(settings):
+    """A database made for mm7soap that no instance has written yet: the commands read it as
+    empty, and create nothing in it."""
+    assert outbox(settings).output.split() == ["pending", "0", "delivered", "0", "failed", "0"]
+    assert outbox(settings, "list").exit_code == 0
+    assert "0 failed events made pending again" in outbox(settings, "retry", "--failed").output
+    assert "deleted 0 delivered events" in outbox(settings, "prune", "--older-than", "0s").output
+    with Store(settings) as store:
+        assert store.db.table_names() == []
 
 
 def test_a_file_that_is_not_a_database(tmp_path):
@@ -455,3 +476,5 @@ def test_forward_runs_the_forwarder_until_sigterm(app, settings, receiver):
     text = output.decode()
     assert "forwarding events to" in text and "***" in text
     assert "pa55word" not in text and SECRET not in text
+    password = urlsplit(settings.database).password if "://" in settings.database else None
+    assert password is None or password not in text

@@ -6,11 +6,19 @@ import pytest
 from lxml import etree
 
 from mm7soap.namespaces import MM7_NAMES, MM7_NAMESPACES, SOAP_ENV
+from mm7soap.settings import Settings
+from tests.backends import fail_inserts_into
 from tests.helpers import assert_fault, assert_xml_equal, call, data, template
 
 REL6 = MM7_NAMESPACES["REL-6-MM7-1-4"]
 REL5 = MM7_NAMESPACES["REL-5-MM7-1-0"]
 KT_CONTENT_TYPE = "text/xml; charset=euc-kr"
+
+
+@pytest.fixture
+def settings(backend_settings: Settings) -> Settings:
+    """Every test here runs on SQLite and on PostgreSQL, unless narrowed to one engine."""
+    return backend_settings
 
 
 def read_reply(**changes: str) -> bytes:
@@ -291,13 +299,12 @@ def test_missing_mandatory_element_is_a_client_fault_4004_and_nothing_stored(app
 
 def test_store_failure_is_a_server_fault_3000_then_a_resend_is_stored_once(app):
     db = app.store.db
-    db.execute("CREATE TRIGGER refuse BEFORE INSERT ON read_replies BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-    response = call(app, data("read_reply_rel6.xml"))
+    with fail_inserts_into(db, "read_replies"):
+        response = call(app, data("read_reply_rel6.xml"))
+        assert not db.conn.in_transaction
     assert_fault(response, "Server", 3000, REL6)
     assert response.text("Header/TransactionID") == "rr-20261127-0007"
-    assert not db.conn.in_transaction
     assert replies(app) == []
-    db.execute("DROP TRIGGER refuse")
     response = call(app, data("read_reply_rel6.xml"))
     assert status_code(response) == "1000"
     assert status_code(call(app, data("read_reply_rel6.xml"))) == "1000"

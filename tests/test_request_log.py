@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import logging
+import logging.handlers
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from mm7soap import requestlog
+from mm7soap import errors, requestlog
 from mm7soap.settings import Settings
 from tests.helpers import call, data
 from tests.test_stored_right import report
@@ -115,6 +116,75 @@ def test_text_lines_are_gunicorns_with_key_value_pairs_one_line_each(app, config
     [line] = stream.getvalue().splitlines()
     assert re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[\d+\] \[INFO\] operation=DeliveryReport ", line)
     assert 'transaction_id="tx with \\"quotes\\"\\nand a newline"' in line
+
+
+def test_a_text_lines_time_is_its_own_second_though_written_once_a_second():
+    """TextFormatter writes the time once a second: each line still has its own second, as
+    logging.Formatter writes it (gunicorn's format), and the line is logged from `write`."""
+    plain = logging.Formatter(requestlog.TEXT_FORMAT, requestlog.TEXT_DATE_FORMAT)
+    cached = requestlog.TextFormatter()
+    for created in (1_764_769_543.2, 1_764_769_543.9, 1_764_769_544.01, 1_764_769_543.5, 1_764_769_600.0):
+        record = logging.LogRecord("mm7soap.requests", logging.INFO, __file__, 1, "%s", ("a=1",), None)
+        record.created = created
+        assert cached.format(record) == plain.format(record)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(filename)s:%(funcName)s:%(lineno)d"))
+    requestlog.REQUEST_LOG.addHandler(handler)
+    try:
+        requestlog.write(requestlog.Answered("DeliveryReport", "REL-6-MM7-1-4", "tx", "m", None, 4004, 500, 0.001))
+    finally:
+        requestlog.REQUEST_LOG.removeHandler(handler)
+    assert stream.getvalue() == f"requestlog.py:write:{requestlog.write.__code__.co_firstlineno}\n"
+
+
+ANSWERS = (
+    requestlog.Answered("DeliveryReport", "REL-6-MM7-1-4", "tx-1", "m-1", "0001890", 1000, 200, 0.00234, resent=True),
+    requestlog.Answered(
+        "ReadReply", "REL-5-MM7-1-0", 'tx "2"\nx', None, None, 4004, 500, 0.5, errors.ValidationError("no MessageID")
+    ),
+    requestlog.Answered("", "", None, None, "éé", 3000, 500, 5.0, errors.StoreError("database is locked")),
+)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_line_written_without_its_record_is_the_line_its_record_makes(configured, monkeypatch, log_format):
+    """Configured as under gunicorn, `write` writes the line itself (RequestLogHandler.write_line):
+    it is the line the handler formats from the record Logger.log would have made."""
+    stream = configured(log_format=log_format, log_level="info")
+    [handler] = logging.getLogger(requestlog.PACKAGE_LOG).handlers
+    assert requestlog.sole_handler(logging.INFO) is handler
+    monkeypatch.setattr(requestlog.time, "time", lambda: 1_764_769_543.2567)
+    expected = []
+    for answered in ANSWERS:
+        requestlog.write(answered)
+        record = requestlog.record_of(answered.level, answered.fields())
+        record.created = 1_764_769_543.2567
+        expected.append(handler.format(record) + "\n")
+    assert stream.getvalue() == "".join(expected)
+
+
+def test_another_handler_or_a_filter_gets_the_record(configured):
+    """With a handler on `mm7soap.requests`, or a filter on the way, the line is a LogRecord
+    handed to the loggers' handlers, as Logger.log hands it."""
+    stream = configured(log_format="text", log_level="info")
+    other = logging.handlers.BufferingHandler(10)
+    requestlog.REQUEST_LOG.addHandler(other)
+    try:
+        requestlog.write(ANSWERS[0])
+    finally:
+        requestlog.REQUEST_LOG.removeHandler(other)
+    [record] = other.buffer
+    assert record.mm7_fields == ANSWERS[0].fields() and record.levelno == logging.INFO
+    assert stream.getvalue().endswith(f"[INFO] {record.getMessage()}\n")
+    [handler] = logging.getLogger(requestlog.PACKAGE_LOG).handlers
+    handler.addFilter(lambda record: record.levelno > logging.INFO)
+    requestlog.write(ANSWERS[0])
+    requestlog.write(ANSWERS[1])
+    assert [line.split("] ")[3].split()[0] for line in stream.getvalue().splitlines()] == [
+        "operation=DeliveryReport",
+        "operation=ReadReply",
+    ]
 
 
 def test_json_lines_parse_one_object_each(app, configured, settings):

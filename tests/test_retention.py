@@ -6,6 +6,7 @@ times back, as if they had been stored 100 days ago."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import sqlite3
@@ -17,11 +18,12 @@ from contextlib import closing
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
 
-from mm7soap import outbox_admin, retention
+from mm7soap import outbox_admin, postgres, retention
 from mm7soap.cli import cli
 from mm7soap.connections import transaction
 from mm7soap.schema import MIGRATIONS
@@ -29,13 +31,22 @@ from mm7soap.settings import Settings
 from mm7soap.store import Store
 from mm7soap.supervisor import RetentionProcess
 from mm7soap.times import utc_timestamp
+from tests.backends import only_postgresql, only_sqlite
 from tests.helpers import migrate_to
+from tests.statements import trace_statements
 from tests.test_cli import post_mo
 from tests.test_stored_right import acknowledged, read_reply, report
 
 DAY = 86400.0
 OLD = utc_timestamp(datetime.now(timezone.utc) - timedelta(days=100))
 TYPES = {"delivery_reports": "delivery_report", "read_replies": "read_reply", "messages": "message"}
+
+
+@pytest.fixture
+def settings(backend_settings: Settings) -> Settings:
+    """Every test of a database here runs on SQLite and on PostgreSQL (tests/conftest.py);
+    those about SQLite's own mechanics (PRAGMAs, its migrations, a file) on SQLite only."""
+    return backend_settings
 
 
 def store_reports(app: Any, *names: str) -> list[int]:
@@ -162,6 +173,7 @@ def test_events_delivered_long_ago_go_and_undelivered_ones_never(app, settings):
     assert ids(app, "delivery_reports") == [1, 2, 3, 4]
 
 
+@only_sqlite
 def test_events_are_read_by_sequence_never_sorted(settings):
     """The events' pass reads the next events by the primary key: not all delivered events
     sorted by sequence in each batch (`outbox_state_created` then a sort)."""
@@ -190,7 +202,7 @@ def test_rows_are_deleted_in_batches_of_short_transactions(app, settings):
     make_old(app, "delivery_reports", old)
     begun: list[str] = []
     with Store(settings) as store:
-        store.db.conn.set_trace_callback(lambda sql: begun.append(sql) if sql.startswith("BEGIN") else None)
+        trace_statements(store.db, lambda sql: begun.append(sql) if sql.startswith("BEGIN") else None)
         pruned = retention.prune(store.db, 90 * DAY, batch=2, pause=0)
     assert pruned.deleted["delivery_reports"] == 5
     # Reports: 2, 2, 1 (which ends it); read replies and messages: 1 each; events: 2, 2, 1.
@@ -208,7 +220,7 @@ def test_reports_are_stored_between_the_batches(app, settings):
                 stored.append(f"during-{len(stored)}")
                 store_reports(app, stored[-1])
 
-        store.db.conn.set_trace_callback(between)
+        trace_statements(store.db, between)
         retention.prune(store.db, 90 * DAY, batch=2, pause=0)
     found = app.store.db.execute("SELECT message_id FROM delivery_reports ORDER BY id").fetchall()
     assert [row[0] for row in found] == ["during-0", "during-1", "during-2"]
@@ -222,7 +234,7 @@ def test_messages_are_deleted_a_few_megabytes_at_a_time(app, settings, monkeypat
     monkeypatch.setattr(retention, "BATCH_BYTES", size + 1)  # one message per transaction
     begun: list[str] = []
     with Store(settings) as store:
-        store.db.conn.set_trace_callback(lambda sql: begun.append(sql) if sql.startswith("BEGIN") else None)
+        trace_statements(store.db, lambda sql: begun.append(sql) if sql.startswith("BEGIN") else None)
         pruned = retention.prune(store.db, 90 * DAY, pause=0)
     assert pruned.deleted["messages"] == 3 and ids(app, "messages") == []
     assert len(begun) == 1 + 1 + 3 + 1  # reports, read replies, three messages, events
@@ -233,7 +245,7 @@ def test_stopping_ends_it_between_two_batches(app, settings):
     make_old(app, "delivery_reports", old)
     stopping = threading.Event()
     with Store(settings) as store:
-        store.db.conn.set_trace_callback(lambda sql: stopping.set() if sql == "COMMIT" else None)
+        trace_statements(store.db, lambda sql: stopping.set() if sql == "COMMIT" else None)
         pruned = retention.prune(store.db, 90 * DAY, batch=2, pause=0, stopping=stopping)
     assert pruned.deleted["delivery_reports"] == 2 and len(ids(app, "delivery_reports")) == 2
     assert pruned.deleted["outbox"] == 0 and len(events(app)) == 4  # nothing more once stopped
@@ -247,15 +259,15 @@ def pragma(settings: Settings, name: str) -> int:
         return int(db.execute(f"PRAGMA {name}").fetchone()[0])
 
 
-def fill(app: Any, prefix: str, count: int = 300) -> list[int]:
+def fill(app: Any, prefix: str, count: int = 300, text: str = "x" * 2000) -> list[int]:
     """Reports with a long StatusText, so that they take many pages."""
-    text = "x" * 2000
     for number in range(count):
         body = report(f"tx-{prefix}-{number}", MessageID=f"<MessageID>{prefix}-{number}</MessageID>")
         acknowledged(app, body.replace(b"</MMStatus>", f"</MMStatus><StatusText>{text}</StatusText>".encode()))
     return ids(app, "delivery_reports")
 
 
+@only_sqlite
 def test_freed_pages_are_used_by_new_rows(app, settings):
     make_old(app, "delivery_reports", fill(app, "old"))
     pruned = prune(settings)
@@ -267,6 +279,7 @@ def test_freed_pages_are_used_by_new_rows(app, settings):
     assert pragma(settings, "page_count") - pages < pruned.free_bytes / 4096 / 10
 
 
+@only_sqlite
 def test_vacuum_gives_the_space_back_and_makes_later_prunes_give_theirs(app, settings):
     make_old(app, "delivery_reports", fill(app, "first"))
     app.store.close()  # VACUUM wants no other connection in a transaction; the app's is idle anyway
@@ -288,6 +301,7 @@ def checkpointed_size(settings: Settings) -> int:
     return os.path.getsize(settings.database)
 
 
+@only_sqlite
 def test_the_incremental_vacuum_runs_in_steps(app, settings, monkeypatch):
     make_old(app, "delivery_reports", fill(app, "first"))
     prune(settings, vacuum=True)
@@ -302,9 +316,64 @@ def test_the_incremental_vacuum_runs_in_steps(app, settings, monkeypatch):
     assert len(steps) > 5 and len(steps) <= -(-freed // 16) + 1  # 16 pages a step, not one
 
 
+# PostgreSQL compresses a long value: random text does not shrink, and takes its own size.
+RANDOM_TEXT = base64.b64encode(os.urandom(1500)).decode()
+
+
+def table_bytes(settings: Settings, table: str = "delivery_reports") -> int:
+    """A table's size on disk, its TOAST (long values) and indexes included."""
+    with Store(settings) as store:
+        return retention.relation_bytes(store.db, [table])
+
+
+@only_postgresql
+def test_on_postgresql_each_prune_vacuums_so_new_rows_take_the_space_of_the_old(app, settings):
+    """Autovacuum is off for the table: only the prune's own VACUUM can make the deleted rows'
+    space free.  Recent rows after the old ones keep it from being cut off the table's end."""
+    app.store.migrate()
+    app.store.db.execute(
+        "ALTER TABLE delivery_reports SET (autovacuum_enabled = false, toast.autovacuum_enabled = false)"
+    )
+    empty = table_bytes(settings)
+    old = fill(app, "old", text=RANDOM_TEXT)
+    fill(app, "recent", 10, RANDOM_TEXT)
+    grown = table_bytes(settings) - empty
+    make_old(app, "delivery_reports", old)
+    assert prune(settings).deleted["delivery_reports"] == 300
+    pruned = table_bytes(settings)
+    fill(app, "new", text=RANDOM_TEXT)
+    # Without the VACUUM the new rows go after the old ones: the table grows by as much again.
+    assert table_bytes(settings) - pruned < grown / 4
+
+
+@only_postgresql
+def test_on_postgresql_vacuum_is_vacuum_full_which_gives_the_space_back(app, settings):
+    old = fill(app, "old", text=RANDOM_TEXT)
+    fill(app, "recent", 10, RANDOM_TEXT)  # a plain VACUUM can only cut empty pages off the end
+    make_old(app, "delivery_reports", old)
+    assert prune(settings).returned_bytes < 300 * 2000
+    wait_until_every_older_transaction_ended(settings)
+    before = table_bytes(settings)
+    pruned = prune(settings, vacuum=True)  # the rows deleted by the prune before
+    assert pruned.vacuumed and not pruned.gives_back_later
+    assert pruned.returned_bytes > 300 * 2000
+    assert table_bytes(settings) < before - 300 * 2000
+
+
+def wait_until_every_older_transaction_ended(settings: Settings) -> None:
+    """VACUUM FULL keeps the deleted rows a transaction still running anywhere in the cluster
+    began before (its own snapshot counts them): other test runs may share this cluster."""
+    with Store(settings) as store:
+        now = str(store.db.execute("SELECT pg_current_xact_id()").fetchone()[0])
+        wait_for(
+            lambda: store.db.execute("SELECT pg_snapshot_xmin(pg_current_snapshot()) > ?::xid8", [now]).fetchone()[0]
+        )
+
+
 # --- The migration -----------------------------------------------------------------------------
 
 
+@only_sqlite
 def test_migration_7_replaces_the_message_id_index_and_adds_retentions(settings):
     with Store(settings) as store:
         db = store.db
@@ -333,6 +402,7 @@ def test_migration_7_replaces_the_message_id_index_and_adds_retentions(settings)
         assert "delivery_reports_message" in plan[0][3]  # lookups by MessageID keep an index
 
 
+@only_sqlite
 def test_a_database_without_an_outbox_is_pruned(settings):
     with Store(settings) as store:
         db = store.db
@@ -388,7 +458,10 @@ def test_the_command_with_vacuum(app, settings):
     app.store.close()
     result = run(settings, "--older-than", "90d", "--vacuum")
     assert result.exit_code == 0, result.output
-    assert "VACUUM gave " in result.output and "from now on each prune gives back what it frees" in result.output
+    assert "VACUUM gave " in result.output
+    # SQLite is incremental from then on; PostgreSQL's later prunes run a plain VACUUM.
+    later = "from now on each prune gives back what it frees" in result.output
+    assert later == (not postgres.is_postgresql(settings.database))
 
 
 def test_the_command_refuses_a_missing_database(tmp_path):
@@ -398,6 +471,7 @@ def test_the_command_refuses_a_missing_database(tmp_path):
     assert not missing.exists()
 
 
+@only_sqlite
 def test_the_command_migrates_a_database_of_an_earlier_release(settings):
     with Store(settings) as store:
         migrate_to(store.db, 6)
@@ -426,11 +500,22 @@ def test_the_housekeeping_prunes_at_start_then_every_interval(app, settings):
     assert not thread.is_alive()
 
 
+@only_sqlite
 def test_the_housekeeping_never_creates_a_missing_database(settings, tmp_path, caplog):
     missing = replace(settings, database=str(tmp_path / "gone.db"))  # its volume not mounted
     with Store(missing) as store, caplog.at_level(logging.ERROR, logger="mm7soap.retention"):
         assert retention.prune_once(store, 90 * DAY, threading.Event()) is None
     assert "pruning failed" in caplog.text and not os.path.exists(missing.database)
+
+
+@only_postgresql
+def test_the_housekeeping_logs_a_database_it_cannot_reach_without_its_password(settings, caplog):
+    url = urlsplit(settings.database)
+    gone = replace(settings, database=url._replace(path="/no_such_database").geturl())
+    with Store(gone) as store, caplog.at_level(logging.ERROR, logger="mm7soap.retention"):
+        assert retention.prune_once(store, 90 * DAY, threading.Event()) is None
+    assert "pruning failed" in caplog.text and 'database "no_such_database" does not exist' in caplog.text
+    assert url.password and url.password not in caplog.text
 
 
 def test_the_retention_process_beside_gunicorn(app, settings, monkeypatch):

@@ -19,10 +19,17 @@ from mm7soap import stats
 from mm7soap.cli import cli
 from mm7soap.settings import Settings
 from mm7soap.store import Store
+from tests.backends import only_sqlite
 from tests.test_stored_right import acknowledged, report
 
 A, B = "0001890", "0002011"
 numbers = count(1)
+
+
+@pytest.fixture
+def settings(backend_settings: Settings) -> Settings:
+    """Every test of a database here runs on SQLite and on PostgreSQL (tests/conftest.py)."""
+    return backend_settings
 
 
 def put_report(
@@ -258,11 +265,13 @@ def test_reports_stored_by_the_service(app, settings):
 
 
 def plan(settings: Settings, window: stats.Window) -> str:
+    """SQLite's plan of the final reports (PostgreSQL plans by its statistics, not by rule)."""
     sql, params = stats.final_reports_sql(window, ("day",))
     with closing(sqlite3.connect(settings.database)) as db:
         return " | ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, params))
 
 
+@only_sqlite
 def test_the_final_reports_are_read_from_the_indexes_of_migration_7(known):
     window = plan(known, stats.Window("2026-11-28T00:00:00.000000Z", "2026-11-29T00:00:00.000000Z"))
     # The window's MessageIDs from the received_at index, then each one's reports from the
