@@ -138,7 +138,7 @@ def test_observability_runs_both_targets_at_once_swapping_which_starts_first(mon
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     observability = importlib.import_module("observability")
     args = observability.parse_args([])
-    assert (args.rounds, args.duration, args.connections, args.log_format) == (6, 10, 32, "text")
+    assert (args.rounds, args.duration, args.connections, args.log_format) == (10, 10, 32, "text")
     on, off = observability.targets(args)
     logging_on, quiet = (target.environment(8080, ROOT) for target in (on, off))
     assert (logging_on["MM7SOAP_LOG_LEVEL"], logging_on["MM7SOAP_LOG_FORMAT"]) == ("info", "text")
@@ -156,38 +156,39 @@ def test_observability_runs_both_targets_at_once_swapping_which_starts_first(mon
     assert started == ["a", "b"]
 
 
-def test_observability_ratios_their_medians_and_problems(monkeypatch):
-    """Each round's ratios: req/s (mm7soap / quiet) and CPU per report (quiet / mm7soap),
-    summed up by their medians and ranges; a run's problem or a replaced worker is a round's."""
+def test_observability_ratios_by_pairs_of_rounds_and_problems(monkeypatch):
+    """Each round's ratios: req/s (mm7soap / quiet) and CPU per report (quiet / mm7soap); each
+    two rounds, one of each order, make one figure (their geometric mean), summed up by the
+    median and range of those; a run's problem or a replaced worker is a round's."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     observability = importlib.import_module("observability")
     measure = importlib.import_module("measure")
 
-    def side(target: str, rate: float, reports: int, cpu: float, not_1000: int = 0) -> object:
-        numbers = {"ok_1000": reports, "not_1000": not_1000, "errors": 0, "rows_added": reports}
+    def side(target: str, rate: float, cpu: float, not_1000: int = 0) -> object:
+        numbers = {"ok_1000": 1000, "not_1000": not_1000, "errors": 0, "rows_added": 1000}
         measured = measure.Run(1, target, 32, None, rate, 1.0, 2.0, **numbers, abandoned=0, abandoned_stored=0, wrk={})
         return observability.Measured(measured, cpu)
 
-    def paired(number: int, on: object, off: object, replaced: tuple[str, ...] = ()) -> object:
-        return observability.Paired(number, "mm7soap", on, off, list(replaced))
-
-    quiet = side("mm7soap-quiet", 100.0, 1000, 1.0)
+    quiet = side("mm7soap-quiet", 100.0, 1.0)
+    ratios = [(0.81, 0.9), (1.0, 0.9), (0.64, 0.49), (1.0, 1.0), (1.0, 0.64), (1.0, 1.0)]  # (req/s, CPU)
     rounds = [
-        paired(1, side("mm7soap", 90.0, 900, 1.8), side("mm7soap-quiet", 100.0, 1000, 1.6)),
-        paired(2, side("mm7soap", 99.0, 990, 1.0), quiet),
-        paired(3, side("mm7soap", 50.0, 500, 1.0), side("mm7soap-quiet", 100.0, 1000, 1.2)),
+        observability.Paired(number, "", side("mm7soap", 100.0 * rate, 1.0 / cpu), quiet, [])
+        for number, (rate, cpu) in enumerate(ratios, start=1)
     ]
-    assert [round(each.ratio, 3) for each in rounds] == [0.9, 0.99, 0.5]
-    assert [round(each.cpu_ratio, 3) for each in rounds] == [0.8, 0.99, 0.6]
+    assert [(round(each.ratio, 3), round(each.cpu_ratio, 3)) for each in rounds] == ratios
     summary = observability.summary(rounds)
-    assert summary[1].split(":")[1].split() == ["0.900", "(0.500–0.990)"]
-    assert summary[2].split(":")[1].split() == ["0.800", "(0.600–0.990)"]
-    assert summary[3].startswith("the request log and the metrics cost 10.0% of req/s, 20.0% by CPU per report")
+    assert summary[1].split(":")[1].split() == ["0.900", "(0.800–1.000)"]
+    assert summary[2].split(":")[1].split() == ["0.800", "(0.700–0.900)"]
+    assert summary[3].endswith("mm7soap 0.640, mm7soap-quiet 1.000")
+    assert summary[4].startswith("the request log and the metrics cost 10.0% of req/s, 20.0% by CPU per report")
     assert "noise" in observability.summary(rounds, control=True)[-1]
     assert all(each.problems() == [] for each in rounds)
-    failed = paired(4, rounds[0].on, side("mm7soap-quiet", 100.0, 1000, 1.0, not_1000=3))
+    failed = observability.Paired(7, "", rounds[0].on, side("mm7soap-quiet", 100.0, 1.0, not_1000=3), [])
     assert "answers other than 1000" in failed.problems()[0]
-    assert paired(5, rounds[0].on, quiet, ("mm7soap",)).problems() == ["round 5 mm7soap: a worker was replaced"]
+    replaced = observability.Paired(8, "", rounds[0].on, quiet, ["mm7soap"])
+    assert replaced.problems() == ["round 8 mm7soap: a worker was replaced"]
+    with pytest.raises(SystemExit):
+        observability.parse_args(["--rounds", "5"])
 
 
 def test_run_observability_runs_observability_py_after_its_table(monkeypatch):
