@@ -29,7 +29,7 @@ import random
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -59,6 +59,7 @@ from tests.reliability.test_handoff import (
     order_violations,
     read_reply,
     report,
+    wait_until,
     webhook_env,
 )
 
@@ -261,14 +262,6 @@ def instances(tmp_path: Path, database: str, receiver: Receiver) -> Iterator[dic
             if service.process is not None and service.process.poll() is None:
                 service.kill_all()
         receiver.down()
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.002)
 
 
 @dataclass
