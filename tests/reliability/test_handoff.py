@@ -299,6 +299,7 @@ class Delivery:
     # answered: the 2xx was written in time; late: after the forwarder's timeout (a lost 2xx);
     # cut: the receiver went down, or the connection broke, before it was answered.
     answer: str = "pending"
+    peer: int = 0  # the forwarder's local port: which forwarder delivered it
 
     @property
     def key(self) -> Key:
@@ -469,6 +470,7 @@ class Receiver:
                 data.get("message_id"),
                 data.get("mm_status"),
                 slow,
+                peer=handler.client_address[1],
             )
             self.deliveries.append(delivery)
             handler.current = delivery
