@@ -146,6 +146,12 @@ def test_observability_runs_both_targets_at_once_swapping_which_starts_first(mon
     assert (quiet["MM7SOAP_METRICS_ACCESS"], quiet["MM7SOAP_LOG_LEVEL"]) == ("off", "warning")
     json_on = observability.targets(observability.parse_args(["--log-format", "json"]))[0]
     assert json_on.environment(8080, ROOT)["MM7SOAP_LOG_FORMAT"] == "json"
+    log_only, metrics_only = (
+        observability.targets(observability.parse_args(["--only", part]))[0].environment(8080, ROOT)
+        for part in ("log", "metrics")
+    )
+    assert (log_only["MM7SOAP_LOG_LEVEL"], log_only["MM7SOAP_METRICS_ACCESS"]) == ("info", "off")
+    assert metrics_only["MM7SOAP_LOG_LEVEL"] == "warning" and metrics_only.get("MM7SOAP_METRICS_ACCESS") != "off"
     control = observability.targets(observability.parse_args(["--control"]))
     assert [target.name for target in control] == ["quiet-a", "quiet-b"]
     assert {target.settings for target in control} == {off.settings}
