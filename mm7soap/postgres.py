@@ -79,15 +79,29 @@ def translate(sql: str) -> str:
     return TOKENS.sub(swap, sql)
 
 
+# A statement that writes nothing by itself: when it fails because the connection it was sent
+# on, idle until then, turned out broken, it can be sent again on a new one.
+WRITES_NOTHING = re.compile(r"\s*(SELECT|BEGIN)\b", re.IGNORECASE)
+
+
 class PgDatabase:
     """One psycopg connection, taking the statements written for sqlite3: `execute`,
     `executemany`, `query` and `in_transaction`, as mm7soap's modules use them.  It is its
-    own `conn`, as a sqlite-utils Database has one."""
+    own `conn`, as a sqlite-utils Database has one.
+
+    With `reopen`, a connection found broken when it is used again (the server restarted, or
+    ended it, since its last statement) is replaced at once, and the statement sent again, when
+    that is safe: the connection was idle (no transaction of ours is lost with it) and the
+    statement writes nothing (a read, or a group commit's BEGIN).  Otherwise the error is the
+    caller's: a 3000, the MMSC retries."""
 
     dialect: Dialect = POSTGRESQL
 
-    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self, connection: psycopg.Connection[Any], reopen: Callable[[], psycopg.Connection[Any]] | None = None
+    ) -> None:
         self.connection = connection
+        self.reopen = reopen
         # Whether this transaction holds the outbox's lock (mm7soap.dialects): taken at a group
         # commit's BEGIN, given up by its COMMIT or ROLLBACK (not by a ROLLBACK TO a savepoint).
         self.outbox_locked = False
@@ -100,7 +114,17 @@ class PgDatabase:
         if sql in ("COMMIT", "ROLLBACK"):
             self.outbox_locked = False
         # Without parameters psycopg sends the text as it is: nothing to translate.
-        return self.connection.execute(sql if params is None else translate(sql), params)
+        text = sql if params is None else translate(sql)
+        idle = self.reopen is not None and not self.in_transaction
+        try:
+            return self.connection.execute(text, params)
+        except psycopg.OperationalError:
+            if not (idle and self.connection.closed and WRITES_NOTHING.match(sql)):
+                raise
+        assert self.reopen is not None
+        self.connection.close()
+        self.connection = self.reopen()
+        return self.connection.execute(text, params)
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any] | dict[str, Any]]) -> None:
         with self.connection.cursor() as cursor:
@@ -243,6 +267,9 @@ class PgConnections:
         self._writer = None
 
     def _connect(self) -> PgDatabase:
+        return PgDatabase(self._open(), reopen=self._open)
+
+    def _open(self) -> psycopg.Connection[Any]:
         try:
             connection = psycopg.connect(
                 self.path,
@@ -259,7 +286,7 @@ class PgConnections:
             )
         except psycopg.Error as exc:
             raise errors.StoreError(f"cannot connect to {redacted(self.path)}: {first_line(exc)}") from None
-        return PgDatabase(connection)
+        return connection
 
 
 @contextmanager
