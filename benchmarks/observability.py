@@ -57,7 +57,12 @@ T = TypeVar("T")
 ONLY = {"log": (("MM7SOAP_METRICS_ACCESS", "off"),), "metrics": (("MM7SOAP_LOG_LEVEL", "warning"),)}
 
 
-MEASURED = {None: "the request log and the metrics", "log": "the request log alone", "metrics": "the metrics alone"}
+# What mm7soap has on, as the heading says it, and what the summary says costs: by `--only`.
+MEASURED = {
+    None: ("request log at info, {log_format}; metrics", "the request log and the metrics"),
+    "log": ("request log at info, {log_format}; no metrics", "the request log alone"),
+    "metrics": ("metrics; no request line", "the metrics alone"),
+}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -252,12 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
     pair = targets(args)
-    parts = {
-        None: f"request log at info, {args.log_format}; metrics",
-        "log": f"request log at info, {args.log_format}; no metrics",
-        "metrics": "metrics; no request line",
-    }
-    what = "the control" if args.control else parts[args.only]
+    heading, measured = MEASURED[args.only]
+    what = "the control" if args.control else heading.format(log_format=args.log_format)
     print(
         f"{pair[0].name} ({what}) and {pair[1].name} at the same time: {args.connections} connections each,"
         f" as fast as answered; {args.warmup} s warm-up, {args.duration} s measured; {args.rounds} rounds",
@@ -273,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     problems = [problem for paired in done for problem in paired.problems()]
     print(
-        "\n".join(["", *summary(done, args.control, MEASURED[args.only]), *(f"problem: {p}" for p in problems)]),
+        "\n".join(["", *summary(done, args.control, measured), *(f"problem: {p}" for p in problems)]),
         flush=True,
     )
     return 1 if problems else 0
