@@ -1,7 +1,8 @@
 """What the request log and the metrics cost in intake: `python benchmarks/observability.py`.
 
 Issue 19 allows them 5 % of intake req/s at 32 connections.  run.py --observability measures
-mm7soap (a request line per report at INFO, /metrics counting) and mm7soap-quiet (neither) one
+mm7soap (a request line per report at INFO, which replaces gunicorn's access line, and /metrics
+counting) and mm7soap-quiet (gunicorn's access line, as before issue 19, and nothing counted) one
 after the other; on a shared machine whose speed swings by ±20 % from one 10 s run to the next,
 that ratio cannot tell 5 % from noise.  Here both run at the same time: each round starts both,
 each its own gunicorn on its own database and port, and two wrk processes started together load
@@ -11,7 +12,7 @@ report (the CPU seconds of each server's master and workers, from /proc, over th
 acknowledged), inverted so that both read "mm7soap's intake over mm7soap-quiet's".  Rounds swap
 which server, and which wrk, starts first, and are summed up in pairs, one of each order: the
 one started first gets ahead.  `--control` runs mm7soap-quiet against itself: the method's own
-noise.  See benchmarks/README.md.
+noise; `--silent` runs mm7soap-quiet without the access line too.  See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -89,6 +90,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=tuple(ONLY),
         help="mm7soap with the request log only (metrics off) or the metrics only (no INFO line): each one's share",
     )
+    parser.add_argument(
+        "--silent",
+        action="store_true",
+        help="mm7soap-quiet without gunicorn's access line either: against no line per request at all"
+        " (default: as mm7soap was before issue 19, an access line per request)",
+    )
     args = parser.parse_args(argv)
     if min(args.rounds, args.duration, args.connections, args.threads) < 1 or args.warmup < 0:
         parser.error("--rounds, --duration, --connections and --threads must be ≥ 1, --warmup ≥ 0")
@@ -104,7 +111,10 @@ def targets(args: argparse.Namespace) -> tuple[Target, Target]:
     if args.control:
         return replace(MM7SOAP_QUIET, name="quiet-a"), replace(MM7SOAP_QUIET, name="quiet-b")
     without = ONLY[args.only] if args.only else ()
-    return replace(MM7SOAP, settings=(*LOGGING, ("MM7SOAP_LOG_FORMAT", args.log_format), *without)), MM7SOAP_QUIET
+    on = replace(MM7SOAP, settings=(*LOGGING, ("MM7SOAP_LOG_FORMAT", args.log_format), *without))
+    if args.silent:
+        return on, replace(MM7SOAP_QUIET, settings=(*MM7SOAP_QUIET.settings, ("MM7SOAP_ACCESS_LOG", "off")))
+    return on, MM7SOAP_QUIET
 
 
 def in_order(round_number: int, pair: tuple[Target, Target]) -> tuple[Target, Target]:
@@ -259,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pair = targets(args)
     heading, measured = MEASURED[args.only]
     what = "the control" if args.control else heading.format(log_format=args.log_format)
+    if args.silent:
+        what += "; mm7soap-quiet without an access line"
     print(
         f"{pair[0].name} ({what}) and {pair[1].name} at the same time: {args.connections} connections each,"
         f" as fast as answered; {args.warmup} s warm-up, {args.duration} s measured; {args.rounds} rounds",

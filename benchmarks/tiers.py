@@ -41,7 +41,6 @@ from servers import (
     BenchmarkError,
     Target,
     booted_workers,
-    child_pids,
     cpu_seconds,
     endpoint_path,
     start_server,
@@ -86,27 +85,19 @@ def counts(text: str) -> list[int]:
 
 
 def cluster_processes(url: str) -> tuple[list[int], list[int]]:
-    """(the backends connected to `url`'s database, the cluster's own processes): children of
-    the postmaster, told apart by the title PostgreSQL gives each.  Other databases' backends
-    (other people's tests on a shared cluster) are in neither."""
+    """(the backends connected to `url`'s database, the cluster's own processes), as
+    pg_stat_activity lists them (not by process title: a cluster may not set titles).  Other
+    databases' backends (other people's tests on a shared cluster) are in neither."""
     conn = read_only(url)
     try:
-        own = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
-        name = str(conn.execute("SELECT current_database()").fetchone()[0])
-        stat = Path(f"/proc/{own}/stat").read_text()  # while it lives: its parent is the postmaster
+        rows = conn.execute(
+            "SELECT pid, backend_type = 'client backend', datname = current_database() FROM pg_stat_activity"
+            " WHERE pid <> pg_backend_pid()"
+        ).fetchall()
     finally:
         conn.close()
-    postmaster = int(stat[stat.rindex(")") + 2 :].split()[1])
-    backends, background = [], []
-    for pid in child_pids(postmaster):
-        try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if f" {name} " in title:
-            backends.append(pid)
-        elif "(" not in title and "[local]" not in title:  # a client backend names its address
-            background.append(pid)
+    backends = [int(pid) for pid, client, ours in rows if client and ours]
+    background = [int(pid) for pid, client, _ in rows if not client]
     return backends, background
 
 
@@ -188,6 +179,9 @@ def serve_and_measure(target: Target, args: argparse.Namespace, database: str | 
         run_args = argparse.Namespace(duration=args.duration, threads=2, timeout=10)
         run = measure(server, Load(args.connections), run_args, 1)
         spent = clock.spent()
+        if database:  # a backend that connected during the run: all of its CPU was spent in it
+            late = sorted(set(cluster_processes(database)[0]) - set(backends))
+            spent[1] += sum(cpu_by_pid(late).values())
     finally:
         stop_server(server)
         shutil.rmtree(workdir, ignore_errors=True)

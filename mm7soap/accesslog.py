@@ -5,6 +5,9 @@ response header among them), escapes each, and formats the line from it.  Under 
 took a tenth of a worker's CPU, and CPU under the GIL is latency for every other request.
 With the default format, `AccessLogger` writes the identical line from the nine fields it
 shows, in about 40% of the time; any other `access_log_format` is left to gunicorn.
+
+An MM7 request the request log wrote a line of has no access line (`access_log = other`,
+mm7soap.requestlog): one line per request, whichever log writes it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 from gunicorn import glogging
 from gunicorn.config import AccessLogFormat
 
+from mm7soap.requestlog import LOGGED
+
 
 def quoted(value: str) -> str:
     # As gunicorn's SafeAtoms: a double quote inside a quoted field is escaped.
@@ -23,7 +28,7 @@ def quoted(value: str) -> str:
 
 class AccessLogger(glogging.Logger):  # type: ignore[misc] - gunicorn ships no type hints
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: timedelta) -> None:
-        if not self.access_log_enabled:
+        if not self.access_log_enabled or environ.get(LOGGED):
             return
         if self.cfg.access_log_format != AccessLogFormat.default:
             super().access(resp, req, environ, request_time)

@@ -6,9 +6,12 @@ line at INFO, a 3000 (we failed: the MMSC will retry) at ERROR with its cause, a
 refusal (4004, 4001, 2004, …) at WARNING with what was wrong.  Nothing from the request's
 headers is in it, so no credentials can be.
 
-gunicorn's access line (mm7soap/accesslog.py) stays: it has what this one does not (every
-path: /health, /metrics, the WSDL, a scanner's 404; the client's address, user agent and
-bytes sent), and this one has what it cannot (the MM7 operation, ids and StatusCode).
+An MM7 request the log wrote a line of gets no second one from gunicorn's access log (with
+`access_log = other`, the default): its line says what the access line would have that an
+operator reads (the client's address, the HTTP status), and what it cannot (the MM7
+operation, ids and StatusCode).  `transport` marks the request's environ (`LOGGED`) and
+`mm7soap.accesslog` skips what is marked.  Every other request (/health, /metrics, the WSDL, a
+scanner's 404, an MM7 request whose line the level drops) keeps its access line.
 
 Under gunicorn the master configures the `mm7soap` logger before it forks (`configure`):
 stderr, as gunicorn's own log, at `log_level`, as text (gunicorn's line, key=value pairs)
@@ -40,10 +43,12 @@ TEXT_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
 TEXT_DATE_FORMAT = "[%Y-%m-%d %H:%M:%S %z]"
 # A value longer than this (an id or a parser's message an MMSC sent) is cut, with "…".
 LONGEST_VALUE = 300
+# The environ key of a request the request log wrote a line of (see above).
+LOGGED = "mm7soap.request_logged"
 PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.:/@+\-]+")  # written as is in a text line; others quoted
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs every request twice as much
 class Answered:
     """What one MM7 request came to: the record the log line and the metrics are made from."""
 
@@ -52,6 +57,7 @@ class Answered:
     transaction_id: str | None
     message_id: str | None
     operator_id: str | None
+    client: str | None  # the client's address (mm7soap.access.AccessPolicy.client_address)
     status_code: int  # MM7's: 1000, or the Fault's
     http_status: int
     seconds: float
@@ -59,13 +65,16 @@ class Answered:
     resent: bool = False
 
     @classmethod
-    def of(cls, answer: Answer, http_status: int, operator_id: str | None, seconds: float) -> Answered:
+    def of(
+        cls, answer: Answer, http_status: int, operator_id: str | None, client: str | None, seconds: float
+    ) -> Answered:
         return cls(
             operation=answer.operation,
             namespace=answer.namespace,
             transaction_id=answer.transaction_id,
             message_id=answer.message_id,
             operator_id=operator_id,
+            client=client or None,
             status_code=answer.status_code,
             http_status=http_status,
             seconds=seconds,
@@ -87,6 +96,7 @@ class Answered:
             "transaction_id": self.transaction_id,
             "message_id": self.message_id,
             "operator_id": self.operator_id,
+            "client": self.client,
             "status_code": self.status_code,
             "http_status": self.http_status,
             "duration_ms": round(self.seconds * 1000, 2),
@@ -96,6 +106,11 @@ class Answered:
             "details": (self.error.details or self.error.status_text) if self.error is not None else None,
         }
         return {name: cut(value) for name, value in found.items() if value is not None}
+
+
+def logs(answered: Answered) -> bool:
+    """Whether `write` writes a line of it (its level is logged)."""
+    return REQUEST_LOG.isEnabledFor(answered.level)
 
 
 def write(answered: Answered) -> None:

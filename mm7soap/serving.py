@@ -105,7 +105,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "timeout": settings.timeout,
         "keepalive": 5,
         "loglevel": settings.log_level,
-        "accesslog": "-",
+        "accesslog": None if settings.access_log == "off" else "-",
         # gunicorn's own lines, made in less than half the time (mm7soap/accesslog.py).  A name,
         # not the class, so that the benchmark's reference is served with the same logger.
         "logger_class": "mm7soap.accesslog.AccessLogger",

@@ -75,6 +75,9 @@ class Settings:
     metrics_allow_ips: tuple[str, ...] = ()
     # `text` (a line a person reads) or `json` (one object per line) for the request log.
     log_format: str = "text"
+    # gunicorn's access line (stdout): for `all` requests, for every request but an MM7 request
+    # the request log wrote a line of (`other`: one line per request), or `off`.
+    access_log: str = "other"
     # Seconds /health may take: past it, it answers 503 whatever the database is doing.
     health_timeout: float = 1.0
     # Days reports, read replies, MO messages and delivered events are kept; the service prunes
@@ -124,6 +127,8 @@ class Settings:
             ipaddress.ip_network(network, strict=False)
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
+        if self.access_log not in ("all", "other", "off"):
+            raise ValueError(f"access_log must be all, other or off, not {self.access_log!r}")
         if not 0 < self.health_timeout <= 30:
             raise ValueError("health_timeout must be above 0 and at most 30 seconds")
         if self.retention_days < 0:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
@@ -84,10 +85,10 @@ class MM7WsgiApp:
         except Exception:
             log.exception("unexpected failure in the HTTP layer")
             answer = self.fault(errors.MM7Error("unexpected server error"))
-        self.answered(environ, answer, time.perf_counter() - started)
+        then = self.answered(environ, answer, time.perf_counter() - started)
         headers = [("Content-Type", answer.content_type), *answer.headers, ("Content-Length", str(len(answer.body)))]
         start_response(answer.status_line, headers)
-        return [answer.body]
+        return AnswerBody(answer.body, then)
 
     def route(self, environ: dict[str, Any]) -> HttpAnswer:
         method = environ.get("REQUEST_METHOD", "GET").upper()
@@ -129,19 +130,29 @@ class MM7WsgiApp:
         status = error.http_status or self.settings.fault_http_status
         return HttpAnswer(status, fault_document(error, Reply()), headers=list(error.http_headers), error=error)
 
-    def answered(self, environ: dict[str, Any], answer: HttpAnswer, seconds: float) -> None:
-        """Logs and counts what the request came to: for an MM7 request one record, made
-        here once, for both the log line and the metrics; other answers are only counted."""
+    def answered(self, environ: dict[str, Any], answer: HttpAnswer, seconds: float) -> Callable[[], None]:
+        """What the request came to, to be logged and counted once its answer is sent (by the
+        function returned: see AnswerBody).  An MM7 request has one record, made here once,
+        for both the log line and the metrics; other answers are only counted."""
         route = route_name(environ, self.endpoint_paths)
         if route != "mm7":
-            if self.metrics is not None:
-                self.metrics.http_answered(route, answer.status)
-            return
+            return partial(self.count_answer, route, answer.status)
         soap = answer.soap or Answer(True, answer.body, error=answer.error or errors.MM7Error())
-        record = requestlog.Answered.of(soap, answer.status, operator_id(environ), seconds)
+        client = self.access.client_address(environ)
+        record = requestlog.Answered.of(soap, answer.status, operator_id(environ), client, seconds)
+        if self.settings.access_log == "other" and requestlog.logs(record):
+            # Marked now: gunicorn writes its access line before it closes the body.
+            environ[requestlog.LOGGED] = True  # its line says it all: no access line (accesslog.py)
+        return partial(self.log_and_count, record)
+
+    def log_and_count(self, record: requestlog.Answered) -> None:
         requestlog.write(record)
         if self.metrics is not None:
             self.metrics.answered(record)
+
+    def count_answer(self, route: str, status: int) -> None:
+        if self.metrics is not None:
+            self.metrics.http_answered(route, status)
 
     def metrics_page(self, environ: dict[str, Any]) -> HttpAnswer:
         """`GET /metrics`: Prometheus's text format, to those `metrics_access` lets scrape.
@@ -266,3 +277,19 @@ def operator_id(environ: dict[str, Any]) -> str | None:
 def request_url(environ: dict[str, Any]) -> str:
     host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', '127.0.0.1')}:{environ.get('SERVER_PORT', '80')}"
     return f"{environ.get('wsgi.url_scheme', 'http')}://{host}{environ.get('PATH_INFO', '') or '/'}"
+
+
+class AnswerBody(list):  # type: ignore[type-arg] - of bytes; a list, as gunicorn iterates it fastest
+    """The answer's body, whose `close()` logs and counts the request.  A WSGI server calls it
+    once the body is sent (PEP 3333; gunicorn after its access line), so the MMSC has its answer
+    without waiting for the log line's write and the metrics' counts."""
+
+    def __init__(self, body: bytes, then: Callable[[], None]) -> None:
+        super().__init__((body,))
+        self.then = then
+
+    def close(self) -> None:
+        try:
+            self.then()
+        except Exception:  # a log or a count that failed must not fail the server's close
+            log.exception("the request could not be logged or counted")

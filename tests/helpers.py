@@ -86,7 +86,12 @@ def call(
         captured["status"] = int(status.split()[0])
         captured["headers"] = dict(response_headers)
 
-    payload = b"".join(app(environ, start_response))
+    answer = app(environ, start_response)
+    try:
+        payload = b"".join(answer)
+    finally:
+        if hasattr(answer, "close"):  # as a WSGI server must (PEP 3333): the request's log and counts
+            answer.close()
     return Response(captured["status"], captured["headers"], payload)
 
 

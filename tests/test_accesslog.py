@@ -12,6 +12,7 @@ from gunicorn import glogging
 from gunicorn.config import Config
 
 from mm7soap.accesslog import AccessLogger
+from mm7soap.requestlog import LOGGED
 
 
 class Lines(logging.Handler):
@@ -60,3 +61,19 @@ def test_the_same_line_as_gunicorns_logger(extra: dict[str, str]) -> None:
 def test_another_format_is_left_to_gunicorn() -> None:
     line = logged(AccessLogger, BASE, access_log_format="%(m)s %(U)s %(D)s")
     assert line == "POST None 1500"  # PATH_INFO absent here: gunicorn's own atoms
+
+
+def test_a_request_the_request_log_wrote_a_line_of_has_none() -> None:
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    logger = AccessLogger(cfg)
+    lines = Lines()
+    logger.access_log.addHandler(lines)
+    resp = SimpleNamespace(status="200 OK", sent=812, headers=[])
+    try:
+        logger.access(resp, SimpleNamespace(headers=[]), {**BASE, LOGGED: True}, timedelta(microseconds=1500))
+        assert lines.lines == []
+        logger.access(resp, SimpleNamespace(headers=[]), BASE, timedelta(microseconds=1500))
+        assert len(lines.lines) == 1
+    finally:
+        logger.access_log.removeHandler(lines)

@@ -152,6 +152,9 @@ def test_observability_runs_both_targets_at_once_swapping_which_starts_first(mon
     )
     assert (log_only["MM7SOAP_LOG_LEVEL"], log_only["MM7SOAP_METRICS_ACCESS"]) == ("info", "off")
     assert metrics_only["MM7SOAP_LOG_LEVEL"] == "warning" and metrics_only.get("MM7SOAP_METRICS_ACCESS") != "off"
+    assert "MM7SOAP_ACCESS_LOG" not in quiet  # gunicorn's access line, as before issue 19
+    silent = observability.targets(observability.parse_args(["--silent"]))[1].environment(8080, ROOT)
+    assert silent == {**quiet, "MM7SOAP_ACCESS_LOG": "off"}
     control = observability.targets(observability.parse_args(["--control"]))
     assert [target.name for target in control] == ["quiet-a", "quiet-b"]
     assert {target.settings for target in control} == {off.settings}

@@ -496,7 +496,7 @@ from mm7soap import metrics
 from mm7soap.requestlog import Answered
 
 counted = metrics.Metrics(":memory:")
-answered = Answered("DeliveryReport", "REL-6-MM7-1-4", "tx", "m", None, 1000, 200, 0.002)
+answered = Answered("DeliveryReport", "REL-6-MM7-1-4", "tx", "m", None, None, 1000, 200, 0.002)
 counted.answered(answered)
 child = os.fork()  # as gunicorn forks a worker
 if child == 0:
@@ -537,7 +537,7 @@ from mm7soap.requestlog import Answered
 theirs = Counter("theirs", "an embedding application's", ["kind"])
 theirs.labels("a").inc()
 counted = metrics.Metrics(":memory:")
-counted.answered(Answered("DeliveryReport", "REL-6-MM7-1-4", "tx", "m", None, 1000, 200, 0.002))
+counted.answered(Answered("DeliveryReport", "REL-6-MM7-1-4", "tx", "m", None, None, 1000, 200, 0.002))
 theirs.labels("b").inc(2)  # a key added to the file after ours
 path = os.path.join(sys.argv[1], f"counter_{os.getpid()}.db")
 found = {}

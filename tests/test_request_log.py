@@ -132,18 +132,33 @@ def test_a_text_lines_time_is_its_own_second_though_written_once_a_second():
     handler.setFormatter(logging.Formatter("%(filename)s:%(funcName)s:%(lineno)d"))
     requestlog.REQUEST_LOG.addHandler(handler)
     try:
-        requestlog.write(requestlog.Answered("DeliveryReport", "REL-6-MM7-1-4", "tx", "m", None, 4004, 500, 0.001))
+        requestlog.write(
+            requestlog.Answered("DeliveryReport", "REL-6-MM7-1-4", "tx", "m", None, None, 4004, 500, 0.001)
+        )
     finally:
         requestlog.REQUEST_LOG.removeHandler(handler)
     assert stream.getvalue() == f"requestlog.py:write:{requestlog.write.__code__.co_firstlineno}\n"
 
 
 ANSWERS = (
-    requestlog.Answered("DeliveryReport", "REL-6-MM7-1-4", "tx-1", "m-1", "0001890", 1000, 200, 0.00234, resent=True),
     requestlog.Answered(
-        "ReadReply", "REL-5-MM7-1-0", 'tx "2"\nx', None, None, 4004, 500, 0.5, errors.ValidationError("no MessageID")
+        "DeliveryReport", "REL-6-MM7-1-4", "tx-1", "m-1", "0001890", "192.0.2.7", 1000, 200, 0.00234, resent=True
     ),
-    requestlog.Answered("", "", None, None, "éé", 3000, 500, 5.0, errors.StoreError("database is locked")),
+    requestlog.Answered(
+        "ReadReply",
+        "REL-5-MM7-1-0",
+        'tx "2"\nx',
+        None,
+        None,
+        None,
+        4004,
+        500,
+        0.5,
+        errors.ValidationError("no MessageID"),
+    ),
+    requestlog.Answered(
+        "", "", None, None, "éé", "2001:db8::1", 3000, 500, 5.0, errors.StoreError("database is locked")
+    ),
 )
 
 
@@ -261,3 +276,59 @@ def test_configure_replaces_its_handler(configured):
     configured(log_format="json")
     handlers = logging.getLogger(requestlog.PACKAGE_LOG).handlers
     assert [type(handler) for handler in handlers].count(requestlog.RequestLogHandler) == 1
+
+
+def test_the_line_has_the_clients_address_the_one_a_trusted_proxy_forwarded(make_app, caplog):
+    caplog.set_level(logging.INFO, logger="mm7soap.requests")
+    app = make_app(trusted_proxies=("192.0.2.0/24",))
+    call(app, report("tx-a1"))  # helpers.call's REMOTE_ADDR: 192.0.2.10, a proxy of ours here
+    call(app, report("tx-a2", MessageID="<MessageID>m-2</MessageID>"), headers={"X-Forwarded-For": "203.0.113.9"})
+    clients = [record.mm7_fields.get("client") for record in request_records(caplog)]
+    assert clients == ["192.0.2.10", "203.0.113.9"]
+
+
+def test_the_line_and_the_counts_wait_until_the_answer_is_sent(app, caplog):
+    """A WSGI server closes the body once it is sent: the MMSC has its answer without waiting
+    for the log line's write and the metrics' counts, which are made then, once."""
+    caplog.set_level(logging.INFO, logger="mm7soap.requests")
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/mm7",
+        "CONTENT_TYPE": "text/xml",
+        "wsgi.input": io.BytesIO(report("tx-s")),
+        "CONTENT_LENGTH": str(len(report("tx-s"))),
+    }
+    answer = app(environ, lambda status, headers: None)
+    assert b"<StatusCode>1000</StatusCode>" in b"".join(answer)
+    counted = app.metrics.registry.get_sample_value
+    labels = {"operation": "DeliveryReport", "namespace": "REL-6-MM7-1-4", "status_code": "1000"}
+    assert request_records(caplog) == [] and counted("mm7soap_requests_total", labels) is None
+    answer.close()
+    [record] = request_records(caplog)
+    assert record.mm7_fields["transaction_id"] == "tx-s" and counted("mm7soap_requests_total", labels) == 1
+
+
+def marked(app: Any, body: bytes, path: str = "/mm7", method: str = "POST") -> bool:
+    """Whether the request's environ says its request line was written (no access line then)."""
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "CONTENT_TYPE": "text/xml", "wsgi.input": io.BytesIO(body)}
+    environ["CONTENT_LENGTH"] = str(len(body))
+    app(environ, lambda status, headers: None).close()
+    return environ.get(requestlog.LOGGED, False)
+
+
+def test_a_request_with_a_line_is_marked_for_no_access_line_when_access_log_is_other(make_app, configured):
+    configured(log_level="info")
+    app = make_app()
+    assert marked(app, report("tx-m1"))
+    assert not marked(app, b"", path="/health", method="GET")  # no request line: its access line stays
+    assert not marked(make_app(access_log="all"), report("tx-m2"))
+    configured(log_level="warning")  # a 1000 has no line then, so its access line stays; a 4004 has one
+    assert not marked(app, report("tx-m3", MessageID="<MessageID>m-3</MessageID>"))
+    assert marked(app, report("tx-m4", MessageID=""))
+
+
+def test_access_log_is_all_other_or_off():
+    assert Settings.from_env({"MM7SOAP_ACCESS_LOG": "all"}).access_log == "all"
+    assert Settings().access_log == "other"
+    with pytest.raises(ValueError, match="access_log must be all, other or off"):
+        Settings.from_env({"MM7SOAP_ACCESS_LOG": "none"})

@@ -154,7 +154,9 @@ def rewriting(app: MM7WsgiApp, change: Callable[[str, list, bytes], tuple[str, l
         def capture(status: str, headers: list) -> None:
             captured.update(status=status, headers=headers)
 
-        body = b"".join(app(environ, capture))
+        answer = app(environ, capture)
+        body = b"".join(answer)
+        answer.close()
         status, headers, body = change(captured["status"], captured["headers"], body)
         headers = [(k, v) for k, v in headers if k != "Content-Length"] + [("Content-Length", str(len(body)))]
         start_response(status, headers)

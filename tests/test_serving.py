@@ -127,3 +127,23 @@ def test_mm7soap_send_passes_against_mm7soap_serve(served, tmp_path):
     # 40 reports differing only in TransactionID and Date (to the millisecond): those sent in
     # the same millisecond are resends of one another, so each distinct Date is stored once.
     assert 1 <= forwarded[0] <= 40 and forwarded[0] == forwarded[1]
+
+
+@pytest.mark.parametrize("access_log", ["other", "all", "off"])
+def test_one_line_per_mm7_request_the_request_logs_unless_access_log_says_otherwise(tmp_path, access_log):
+    """Under gunicorn, which writes its access line before it closes the body: with `other`
+    (the default) a report has its request line only (with the client's address), /health its
+    access line; `all` keeps both; `off` leaves the request line alone."""
+    port = free_port()
+    command = [str(BIN / "mm7soap"), "serve", "--database", str(tmp_path / "lines.db"), "--port", str(port)]
+    env = {"MM7SOAP_LOG_LEVEL": "info", "MM7SOAP_ACCESS_LOG": access_log, "MM7SOAP_WORKERS": "1"}
+    for process in run(command, env):
+        wait_until_listening(port, process)
+        assert post(port, data("sinch_delivery_report.xml"))[0] == 200
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=15)[0]
+    request_lines = [line for line in output.splitlines() if "operation=DeliveryReport" in line]
+    assert len(request_lines) == 1 and " client=127.0.0.1 " in request_lines[0], output
+    access_lines = [line for line in output.splitlines() if '"POST /mm7 HTTP/1.1"' in line or '"GET /health' in line]
+    expected = {"other": ["GET"], "all": ["GET", "POST"], "off": []}[access_log]
+    assert sorted({line.split('"')[1].split()[0] for line in access_lines}) == expected, output
