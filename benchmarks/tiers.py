@@ -85,19 +85,20 @@ def counts(text: str) -> list[int]:
 
 
 def cluster_processes(url: str) -> tuple[list[int], list[int]]:
-    """(the backends connected to `url`'s database, the cluster's own processes), as
-    pg_stat_activity lists them (not by process title: a cluster may not set titles).  Other
-    databases' backends (other people's tests on a shared cluster) are in neither."""
+    """(the backends working for `url`'s database: its clients' and their parallel workers, the
+    cluster's own processes: checkpointer, WAL writer, …, and an autovacuum worker on this
+    database), as pg_stat_activity lists them (not by process title: a cluster may not set
+    titles).  Other databases' processes (other people's tests on a shared cluster) are in neither."""
     conn = read_only(url)
     try:
         rows = conn.execute(
-            "SELECT pid, backend_type = 'client backend', datname = current_database() FROM pg_stat_activity"
-            " WHERE pid <> pg_backend_pid()"
+            "SELECT pid, backend_type IN ('client backend', 'parallel worker'), datname = current_database(),"
+            " datname IS NULL FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
         ).fetchall()
     finally:
         conn.close()
-    backends = [int(pid) for pid, client, ours in rows if client and ours]
-    background = [int(pid) for pid, client, _ in rows if not client]
+    backends = [int(pid) for pid, serving, ours, _ in rows if serving and ours]
+    background = [int(pid) for pid, serving, ours, cluster in rows if not serving and (ours or cluster)]
     return backends, background
 
 

@@ -3,8 +3,9 @@
 The transport builds one `Answered` per POST to the MM7 path, once the answer is ready, and
 hands it to `write` and to the metrics (`mm7soap.metrics.Metrics.answered`).  A 1000 is a
 line at INFO, a 3000 (we failed: the MMSC will retry) at ERROR with its cause, any other
-refusal (4004, 4001, 2004, …) at WARNING with what was wrong.  Nothing from the request's
-headers is in it, so no credentials can be.
+refusal (4004, 4001, 2004, …) at WARNING with what was wrong.  Of the request's headers only
+the operator id and, through a trusted proxy, the client's address (X-Forwarded-For) are in
+it, so no credentials can be.
 
 An MM7 request the log wrote a line of gets no second one from gunicorn's access log (with
 `access_log = other`, the default): its line says what the access line would have that an
