@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socketserver
 import threading
 import time
 import uuid
@@ -9,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import psycopg
 import pytest
@@ -48,13 +49,20 @@ class QuietHandler(WSGIRequestHandler):
         pass
 
 
+class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    """A connection per thread, as a real server: one client that stalls (or a forwarder's
+    eight connections at once) does not hold up the others."""
+
+    daemon_threads = True
+
+
 @pytest.fixture
 def serve_wsgi() -> Iterator[Callable[[Any], str]]:
     """Serves a WSGI app on a free local port in a thread; returns its /mm7 URL."""
     servers = []
 
     def serve(application: Any) -> str:
-        server = make_server("127.0.0.1", 0, application, handler_class=QuietHandler)
+        server = make_server("127.0.0.1", 0, application, server_class=ThreadingWSGIServer, handler_class=QuietHandler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_port}/mm7"

@@ -440,6 +440,24 @@ def niceness_of(command: list[str], env: dict[str, str]) -> int:
         process.communicate(timeout=20)
 
 
+def stopped(process: subprocess.Popen[bytes]) -> bytes:
+    """Its output once SIGTERM has stopped it.  One that does not stop within 20 s fails the
+    test with where each of its threads was (faulthandler, on SIGABRT), and is not left running."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.communicate(timeout=20)[0]
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        try:
+            output = process.communicate(timeout=10)[0]
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output = process.communicate()[0]
+        raise AssertionError(
+            f"the forwarder did not stop within 20 s of SIGTERM:\n{output.decode(errors='replace')}"
+        ) from None
+
+
 def test_forward_runs_the_forwarder_until_sigterm(app, settings, receiver):
     found, url = receiver
     store_report(app, "tx-1", "Forwarded", "msg-1")
@@ -449,6 +467,7 @@ def test_forward_runs_the_forwarder_until_sigterm(app, settings, receiver):
         **os.environ,
         "MM7SOAP_WEBHOOK_URL": url.replace("http://", "http://user:pa55word@"),
         "MM7SOAP_WEBHOOK_SECRET": SECRET,
+        "PYTHONFAULTHANDLER": "1",  # a SIGABRT prints every thread's stack: see stopped()
     }
     process = subprocess.Popen(
         [sys.executable, "-c", "from mm7soap.cli import cli; cli()", "forward", "-d", settings.database],
@@ -464,8 +483,7 @@ def test_forward_runs_the_forwarder_until_sigterm(app, settings, receiver):
         while len(found.sequences()) < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=20)
+        output = stopped(process)
     assert process.returncode == 0, output
     sequences = found.sequences()
     assert sorted(sequences) == [1, 2, 3, 4]
