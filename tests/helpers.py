@@ -54,8 +54,7 @@ def find_local(root: etree._Element, path: str) -> etree._Element | None:
     return current
 
 
-def call(
-    app: Any,
+def wsgi_environ(
     body: bytes = b"",
     *,
     method: str = "POST",
@@ -63,8 +62,8 @@ def call(
     query: str = "",
     content_type: str = "text/xml; charset=utf-8",
     headers: dict[str, str] | None = None,
-) -> Response:
-    """One request to a WSGI app, in-process."""
+) -> dict[str, Any]:
+    """The environ of one request, as a WSGI server makes it."""
     environ: dict[str, Any] = {
         "REQUEST_METHOD": method,
         "PATH_INFO": path,
@@ -80,6 +79,21 @@ def call(
         environ["CONTENT_TYPE"] = content_type
     for name, value in (headers or {}).items():
         environ["HTTP_" + name.upper().replace("-", "_")] = value
+    return environ
+
+
+def call(
+    app: Any,
+    body: bytes = b"",
+    *,
+    method: str = "POST",
+    path: str = "/mm7",
+    query: str = "",
+    content_type: str = "text/xml; charset=utf-8",
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """One request to a WSGI app, in-process."""
+    environ = wsgi_environ(body, method=method, path=path, query=query, content_type=content_type, headers=headers)
     captured: dict[str, Any] = {}
 
     def start_response(status: str, response_headers: list[tuple[str, str]]) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from mm7soap import errors, requestlog
 from mm7soap.settings import Settings
-from tests.helpers import call, data
+from tests.helpers import call, data, wsgi_environ
 from tests.test_stored_right import report
 
 PASSWORD = "pa55-w0rd-never-logged"
@@ -291,14 +291,7 @@ def test_the_line_and_the_counts_wait_until_the_answer_is_sent(app, caplog):
     """A WSGI server closes the body once it is sent: the MMSC has its answer without waiting
     for the log line's write and the metrics' counts, which are made then, once."""
     caplog.set_level(logging.INFO, logger="mm7soap.requests")
-    environ = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/mm7",
-        "CONTENT_TYPE": "text/xml",
-        "wsgi.input": io.BytesIO(report("tx-s")),
-        "CONTENT_LENGTH": str(len(report("tx-s"))),
-    }
-    answer = app(environ, lambda status, headers: None)
+    answer = app(wsgi_environ(report("tx-s")), lambda status, headers: None)
     assert b"<StatusCode>1000</StatusCode>" in b"".join(answer)
     counted = app.metrics.registry.get_sample_value
     labels = {"operation": "DeliveryReport", "namespace": "REL-6-MM7-1-4", "status_code": "1000"}
@@ -311,8 +304,7 @@ def test_the_line_and_the_counts_wait_until_the_answer_is_sent(app, caplog):
 
 def marked(app: Any, body: bytes, path: str = "/mm7", method: str = "POST") -> bool:
     """Whether the request's environ says its request line was written (no access line then)."""
-    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "CONTENT_TYPE": "text/xml", "wsgi.input": io.BytesIO(body)}
-    environ["CONTENT_LENGTH"] = str(len(body))
+    environ = wsgi_environ(body, method=method, path=path)
     app(environ, lambda status, headers: None).close()
     return environ.get(requestlog.LOGGED, False)
 
