@@ -82,18 +82,9 @@ def wsgi_environ(
     return environ
 
 
-def call(
-    app: Any,
-    body: bytes = b"",
-    *,
-    method: str = "POST",
-    path: str = "/mm7",
-    query: str = "",
-    content_type: str = "text/xml; charset=utf-8",
-    headers: dict[str, str] | None = None,
-) -> Response:
-    """One request to a WSGI app, in-process."""
-    environ = wsgi_environ(body, method=method, path=path, query=query, content_type=content_type, headers=headers)
+def call(app: Any, body: bytes = b"", **request: Any) -> Response:
+    """One request to a WSGI app, in-process; `request` as `wsgi_environ` takes it."""
+    environ = wsgi_environ(body, **request)
     captured: dict[str, Any] = {}
 
     def start_response(status: str, response_headers: list[tuple[str, str]]) -> None:
