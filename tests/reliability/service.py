@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -242,5 +243,20 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def open_fds(pid: int, database: Path) -> Counter[str]:
+    """A process's open descriptors by what they are: "database" (the file, its WAL and
+    shared memory), "socket", or "other" (pipes, logs, metrics files, ...)."""
+    kinds: Counter[str] = Counter()
+    folder = Path(f"/proc/{pid}/fd")
+    for fd in os.listdir(folder):
+        try:
+            target = os.readlink(folder / fd)
+        except FileNotFoundError:  # closed since it was listed
+            continue
+        if target.startswith(str(database)):
+            kinds["database"] += 1
+        elif target.startswith("socket:"):
+            kinds["socket"] += 1
+        else:
+            kinds["other"] += 1
+    return kinds
