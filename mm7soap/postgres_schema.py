@@ -90,7 +90,16 @@ def migrate_1_tables(db: PgDatabase) -> None:
     db.execute(f"CREATE INDEX outbox_due ON {OUTBOX} (next_attempt_at, sequence) WHERE state = 'pending'")
 
 
-MIGRATIONS: tuple[Callable[[PgDatabase], None], ...] = (migrate_1_tables,)
+def migrate_2_outbox_pending_order_by_due_time(db: PgDatabase) -> None:
+    # As SQLite's migration 9 (mm7soap.schema), and for PostgreSQL's sake: planned on an empty
+    # outbox (a new database), the generic plan psycopg's prepared statements keep found a new
+    # event's due time by walking outbox_due backwards, filtering on the MessageID, so each
+    # report read every pending event until autovacuum's statistics changed the plan.
+    db.execute("DROP INDEX IF EXISTS outbox_pending_order")
+    db.execute(f"CREATE INDEX outbox_pending_order ON {OUTBOX} (order_key, next_attempt_at) WHERE state = 'pending'")
+
+
+MIGRATIONS: tuple[Callable[[PgDatabase], None], ...] = (migrate_1_tables, migrate_2_outbox_pending_order_by_due_time)
 
 
 def migrate(db: PgDatabase) -> int:

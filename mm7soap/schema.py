@@ -261,6 +261,16 @@ def migrate_8_outbox_due(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE INDEX outbox_due ON {OUTBOX} (next_attempt_at, sequence) WHERE state = 'pending'")
 
 
+def migrate_9_outbox_pending_order_by_due_time(db: sqlite_utils.Database) -> None:
+    # A new event is due no earlier than the latest due time of its MessageID's pending events
+    # (mm7soap.outbox.RECORD_SQL): in (order_key, next_attempt_at) order, that is one step
+    # down the index.  In (order_key, sequence) order PostgreSQL's generic plan could walk
+    # outbox_due backwards instead, reading every pending event for each report; the claim's
+    # "no earlier pending event of its MessageID" reads a MessageID's few events either way.
+    db.execute("DROP INDEX IF EXISTS outbox_pending_order")
+    db.execute(f"CREATE INDEX outbox_pending_order ON {OUTBOX} (order_key, next_attempt_at) WHERE state = 'pending'")
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     migrate_1_delivery_reports,
     migrate_2_health,
@@ -270,4 +280,5 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     migrate_6_outbox,
     migrate_7_stats_and_retention,
     migrate_8_outbox_due,
+    migrate_9_outbox_pending_order_by_due_time,
 )

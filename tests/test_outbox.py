@@ -213,6 +213,17 @@ def test_a_claim_reads_only_due_events_in_index_order_and_sorts_nothing(app):
     assert [event.sequence for event in claimed] == [row["sequence"] for row in events(app)][:2]
 
 
+@only_sqlite
+def test_an_events_due_time_and_a_claims_order_read_only_the_events_of_its_message_id(app):
+    """Recording an event looks up its MessageID's latest pending due time, and a claim its
+    earlier pending events, in outbox_pending_order: a few rows, not the backlog (PostgreSQL's
+    plans: tests/test_postgres_batch.py)."""
+    event = {"event_id": "e", "type": "message", "source_id": 1, "order_key": "k", "created_at": "x"}
+    for sql, params in ((outbox.record_sql(SQLITE), event), (outbox.claim_sql(SQLITE), {"now": "x", "limit": 2})):
+        steps = [step[-1] for step in app.store.db.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()]
+        assert any("USING INDEX outbox_pending_order (order_key=?)" in step for step in steps), steps
+
+
 @only_postgresql
 def test_a_claim_can_read_only_due_events_in_index_order_on_postgresql(app):
     """PostgreSQL's plan follows its statistics: with a few rows it rightly reads the table and

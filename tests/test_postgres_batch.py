@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from mm7soap import errors, postgres_batch
+from mm7soap import errors, outbox, postgres_batch
 from mm7soap.commit import Ticket
+from mm7soap.dialects import POSTGRESQL
+from mm7soap.postgres import translate
 from mm7soap.schema import OUTBOX, READ_REPLIES, READ_REPLY_COLUMNS, REPORT_COLUMNS, REPORTS
 from mm7soap.settings import Settings
 from mm7soap.store import RowWrite, Store
@@ -142,3 +144,46 @@ def test_a_batch_with_another_write_in_it_goes_one_by_one(store: Store, round_tr
     assert round_trips == []
     assert [ticket.error for ticket in batch] == [None] * 3 and other == [(1,)]
     assert rows(store, f"SELECT count(*) FROM {OUTBOX}") == [(2,)]
+
+
+def generic_plan(store: Store, sql: str, params: list[Any]) -> list[str]:
+    """The plan PostgreSQL keeps for `sql` once psycopg has prepared it (after five runs of a
+    statement), as chosen on this database now.  The statement is run once to prepare it."""
+    connection = store.connections.for_writing().connection
+    connection.execute("SET plan_cache_mode = force_generic_plan")
+    try:
+        connection.execute(sql, params, prepare=True)
+        name, count = connection.execute(
+            "SELECT name, cardinality(parameter_types) FROM pg_prepared_statements"
+            " WHERE NOT from_sql ORDER BY prepare_time DESC LIMIT 1"
+        ).fetchone()
+        plan = connection.execute(f"EXPLAIN EXECUTE {name}({', '.join(['NULL'] * count)})")
+        return [line for (line,) in plan]
+    finally:
+        connection.execute("RESET plan_cache_mode")
+
+
+def test_an_events_due_time_is_looked_up_by_its_message_id_whatever_the_statistics(store: Store) -> None:
+    """A new event is due no earlier than its MessageID's latest pending one.  On an empty
+    outbox (a new database) PostgreSQL planned that lookup, for good, as a backward walk of
+    every pending event's due time: each report then read the whole backlog, and one
+    instance on PostgreSQL stored 1,900 reports a second instead of 10,000, falling as the
+    backlog grew, until autovacuum's statistics changed the plan."""
+    write = report(1)
+    names = [column for column in write.columns if column != "id"]
+    statements = {
+        "a batch's report": (
+            postgres_batch.row_and_event_sql(write.table, tuple(write.columns), write.event_type),
+            [*({**write.row, "received_at": "2026-12-04T12:00:00.000Z"}.get(c) for c in names), "evt_1", "m", "m"],
+        ),
+        "an event of its own": (
+            translate(outbox.record_sql(POSTGRESQL)),
+            {"event_id": "evt_2", "type": "message", "source_id": 1, "order_key": "m", "created_at": "2026"},
+        ),
+    }
+    for name, (sql, params) in statements.items():
+        plan = generic_plan(store, sql, params)
+        lookup = "\n".join(plan)
+        assert "outbox_due" not in lookup, f"{name}:\n{lookup}"
+        conditions = [line for line in plan if "Index Cond: ((order_key = $" in line]
+        assert conditions and "outbox_pending_order" in lookup, f"{name}:\n{lookup}"
