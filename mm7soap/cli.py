@@ -1,15 +1,19 @@
-"""The `mm7soap` command: a thin layer over the library."""
+"""The `mm7soap` command: a thin layer over the library.
+
+This module holds the group, `serve`, `wsdl`, `forward` and `outbox`, and the helpers the
+commands share (the -d and --since options, tables and JSON, settings and the Store of an
+existing database). The other commands are in modules of their own, registered at the end:
+`send` in mm7soap/cli_send.py, the reading commands (`reports`, `report`, `messages`,
+`message`) in mm7soap/cli_read.py, `stats`, `prune` and `copy` in mm7soap/cli_operations.py."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sqlite3
-import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields, replace
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,32 +22,10 @@ import click
 import psycopg
 
 from mm7soap import errors, outbox_admin, postgres
-from mm7soap.checks import Outcome, send_many
-from mm7soap.checks import send as send_one
-from mm7soap.content import write_parts
 from mm7soap.envelope import raw_text
-from mm7soap.mmsc import FORMATS, SINCH, Connection, MobileOriginated, Report, Request
-from mm7soap.namespaces import DEFAULT_NAME, MM7_NAMESPACES
 from mm7soap.settings import ENV_PREFIX, Settings
-from mm7soap.store import REPORT_KINDS, Store
+from mm7soap.store import Store
 from mm7soap.times import parse_time
-
-# What `reports` and `messages` print per row without --json, in this order.
-REPORT_TABLE = (
-    "kind",
-    "id",
-    "received_at",
-    "message_id",
-    "recipient",
-    "sender",
-    "mm_status",
-    "status_text",
-    "operator_id",
-)
-MESSAGE_TABLE = ("id", "received_at", "sender", "recipients", "subject", "part_count", "content_bytes", "operator_id")
-PART_TABLE = ("position", "content_type", "content_id", "content_location", "filename", "size", "sha256")
-# What `message` leaves out of its summary: bytes and internals.
-MESSAGE_HIDDEN = ("raw_envelope", "fingerprint")
 
 
 def database_option(command: Any) -> Any:
@@ -117,131 +99,6 @@ def wsdl(folder: Path) -> None:
             click.echo(str(path))
 
 
-@cli.command()
-@database_option
-@click.option("--message-id", help="Only reports for this MessageID.")
-@click.option("--recipient", help="Only reports for this recipient address.")
-@click.option("--status", help="Only reports with this MMStatus (as sent, e.g. Retrieved or Read).")
-@click.option(
-    "--kind",
-    type=click.Choice([*REPORT_KINDS, "all"]),
-    default="all",
-    show_default=True,
-    help="Delivery reports, read replies, or both.",
-)
-@since_option
-@click.option("--limit", type=int, default=None, help="At most this many reports.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON, every stored field.")
-def reports(
-    database: str | None,
-    message_id: str | None,
-    recipient: str | None,
-    status: str | None,
-    kind: str,
-    since: datetime | None,
-    limit: int | None,
-    as_json: bool,
-) -> None:
-    """List stored delivery reports and read replies, newest first.
-
-    \b
-    Example:
-        mm7soap reports --kind DeliveryReport --status Retrieved --since 2026-11-01T00:00:00Z
-    """
-    kinds = REPORT_KINDS if kind == "all" else (kind,)
-    with existing_store(database) as store:
-        rows = store.reports(
-            kinds=kinds, message_id=message_id, recipient=recipient, status=status, since=since, limit=limit
-        )
-    print_rows(rows, REPORT_TABLE, as_json)
-
-
-@cli.command()
-@database_option
-@click.argument("message_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON, every stored field.")
-def report(database: str | None, message_id: str, as_json: bool) -> None:
-    """Show every delivery report and read reply for one MESSAGE_ID, newest first.
-
-    \b
-    Example:
-        mm7soap report 369500617770864640
-    """
-    with existing_store(database) as store:
-        rows = store.reports(message_id=message_id)
-    if not rows:
-        raise click.ClickException(f"no report for MessageID {message_id}")
-    print_rows(rows, REPORT_TABLE, as_json)
-
-
-@cli.command()
-@database_option
-@click.option("--sender", help="Only messages from this sender address.")
-@since_option
-@click.option("--limit", type=int, default=None, help="At most this many messages.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON, every stored field but the parts' bytes.")
-def messages(
-    database: str | None, sender: str | None, since: datetime | None, limit: int | None, as_json: bool
-) -> None:
-    """List stored mobile-originated messages (DeliverReq), newest first.
-
-    \b
-    Example:
-        mm7soap messages --sender 15551230001 --since 2026-11-27
-    """
-    with existing_store(database) as store:
-        rows = [message_summary(row, as_json) for row in store.messages(sender=sender, since=since, limit=limit)]
-    print_rows(rows, MESSAGE_TABLE, as_json)
-
-
-@cli.command()
-@database_option
-@click.argument("message", type=int)
-@click.option(
-    "--save-parts",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Write each part of the message into this folder (created if needed).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: the message and its parts' details.")
-def message(database: str | None, message: int, save_parts: Path | None, as_json: bool) -> None:
-    """Show one mobile-originated MESSAGE (its id in `mm7soap messages`) and its parts,
-    or with --save-parts write the parts to files and list them.
-
-    \b
-    Example:
-        mm7soap message 12 --save-parts ./mo-12
-    """
-    with existing_store(database) as store:
-        row = store.message(message)
-        if row is None:
-            raise click.ClickException(f"no message {message}")
-        parts = store.message_parts(message, with_data=save_parts is not None)
-    if save_parts is not None:
-        for path in write_parts(parts, save_parts):
-            click.echo(str(path))
-        return
-    details = message_summary(row, as_json)
-    if as_json:
-        details["parts"] = [{k: v for k, v in part.items() if k != "data"} for part in parts]
-        click.echo(json.dumps(json_ready(details), indent=2, ensure_ascii=False))
-        return
-    width = max(len(name) for name in details)
-    for name, value in details.items():
-        if value is not None and name not in MESSAGE_HIDDEN:
-            click.echo(f"{name.ljust(width)}  {value}")
-    click.echo("")
-    print_rows(parts, PART_TABLE, as_json=False)
-
-
-def message_summary(row: dict[str, Any], as_json: bool) -> dict[str, Any]:
-    """A message row for people: recipients as `To:…` text, or as JSON when printing JSON."""
-    recipients = json.loads(row["recipients"]) if row.get("recipients") else []
-    if as_json:
-        return {**row, "recipients": recipients}
-    listed = ", ".join(f"{entry['list']}:{entry['address']}" for entry in recipients)
-    return {**row, "recipients": listed or None}
-
-
 def parse_since(value: str | None) -> datetime | None:
     if value is None:
         return None
@@ -271,164 +128,6 @@ def print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...], as_json: bo
 def cell(value: Any) -> str:
     """A value in a table: empty for NULL, but 0 shown as 0."""
     return "" if value is None else str(value)
-
-
-@cli.command()
-@click.argument("url")
-@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--read-reply", is_flag=True, help="Send a ReadReplyReq instead of a DeliveryReportReq.")
-@click.option("--deliver", is_flag=True, help="Send a DeliverReq (an MO) with FILES as its attachments.")
-@click.option("--message-id", help="The MessageID a report or read reply is about.")
-@click.option("--recipient", required=True, help="Recipient address (an MO's: your short code).")
-@click.option("--sender", required=True, help="Sender address (a report's: your short code).")
-@click.option("--status", help="MMStatus (default Retrieved, or Read with --read-reply).")
-@click.option("--status-text", help="StatusText of a report or read reply.")
-@click.option("--subject", help="Subject of an MO.")
-@click.option("--linked-id", help="LinkedID of an MO (Sinch always sends one).")
-@click.option("--namespace", default=DEFAULT_NAME, show_default=True, help="MM7 namespace, by name or URI.")
-@click.option("--version", help="MM7Version (default: 6.8.0 for REL-6-MM7-1-4, 5.3.0 otherwise).")
-@click.option("--transaction-id", help="TransactionID (default: a random one).")
-@click.option("--carrier-id", help="X-Mblox-Carrier-Id header, e.g. 0001890.")
-@click.option("--user", help="HTTP Basic user.")
-@click.option("--password", help="HTTP Basic password.")
-@click.option(
-    "--format",
-    "wire_format",
-    type=click.Choice(FORMATS),
-    default=SINCH,
-    show_default=True,
-    help="How the envelope is framed: sinch (multipart/related with no boundary around a bare envelope,"
-    " as Sinch sends reports), text-xml (a plain text/xml body), swa (SOAP with Attachments: a real"
-    " multipart/related with start). An MO with FILES is always multipart/related.",
-)
-@click.option(
-    "--count",
-    type=click.IntRange(min=1),
-    default=1,
-    help="Send this many distinct requests, each with its own TransactionID and Date (TimeStamp),"
-    " so that each is stored; prints a summary instead of each answer.",
-)
-@click.option("--concurrency", type=click.IntRange(min=1), default=1, help="Connections used at once with --count.")
-@click.option(
-    "--resend",
-    is_flag=True,
-    help="With --count: send the very same request (TransactionID and Date too) each time, as an MMSC"
-    " retrying it; the endpoint should store it once and acknowledge every copy.",
-)
-@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for each answer.")
-def send(url: str, files: tuple[Path, ...], **options: Any) -> None:
-    """Post an MM7 request to URL as an MMSC (Sinch) does, print the answer and check it.
-
-    The checks are an MMSC's: HTTP 200, text/xml, the matching *Rsp in the request's
-    namespace, MM7Version and TransactionID (with mustUnderstand) echoed, StatusCode 1000.
-    The exit status is 0 only when every check passed for every request sent.
-
-    By default a DeliveryReportReq; --read-reply sends a ReadReplyReq, --deliver an MO
-    (DeliverReq) carrying FILES. The examples: a read reply, an MO with two attachments,
-    200 distinct delivery reports over 8 connections, and one delivery report.
-
-    \b
-    Example:
-        mm7soap send http://127.0.0.1:8080/mm7 --read-reply \\
-            --message-id 4711 --recipient 15551230001 --sender 24680
-        mm7soap send http://127.0.0.1:8080/mm7 --deliver photo.jpg note.txt \\
-            --sender 15551230001 --recipient 24680 --subject Hi --linked-id mo-1
-        mm7soap send http://127.0.0.1:8080/mm7 --count 200 --concurrency 8 \\
-            --message-id 4711 --recipient 15551230001 --sender 24680
-        mm7soap send http://127.0.0.1:8080/mm7 --message-id 4711 --recipient 15551230001 --sender 24680
-    """
-    request = mmsc_request(files, options)
-
-    def connect() -> Connection:
-        return Connection(url, options["timeout"], options["user"], options["password"])
-
-    if options["count"] == 1:
-        outcome = send_one(request, connect)
-        print_outcome(outcome)
-        if not outcome.passed:
-            raise SystemExit(1)
-        return
-    started = time.monotonic()
-    outcomes = send_many(request, connect, options["count"], options["concurrency"], options["resend"])
-    print_summary(outcomes, time.monotonic() - started, options["resend"])
-    if not all(outcome.passed for outcome in outcomes):
-        raise SystemExit(1)
-
-
-def mmsc_request(files: tuple[Path, ...], options: dict[str, Any]) -> Request:
-    """The request `send`'s options describe, or a usage error saying what is missing."""
-    namespace = options["namespace"]
-    namespace = MM7_NAMESPACES.get(namespace, namespace)
-    if namespace not in MM7_NAMESPACES.values():
-        raise click.BadParameter(f"{options['namespace']!r} is not an MM7 namespace", param_hint="--namespace")
-    if files and not options["deliver"]:
-        raise click.UsageError("FILES are attachments of an MO: add --deliver")
-    if options["deliver"] and options["read_reply"]:
-        raise click.UsageError("--deliver and --read-reply are two different requests; choose one")
-    body: Report | MobileOriginated
-    if options["deliver"]:
-        body = MobileOriginated(
-            sender=options["sender"],
-            recipient=options["recipient"],
-            files=files,
-            subject=options["subject"],
-            linked_id=options["linked_id"],
-        )
-    else:
-        if not options["message_id"]:
-            raise click.UsageError("a delivery report or read reply needs --message-id")
-        body = Report(
-            message_id=options["message_id"],
-            recipient=options["recipient"],
-            sender=options["sender"],
-            status=options["status"] or ("Read" if options["read_reply"] else "Retrieved"),
-            status_text=options["status_text"],
-            read_reply=options["read_reply"],
-        )
-    request = Request(
-        body=body,
-        namespace=namespace,
-        version=options["version"],
-        carrier_id=options["carrier_id"],
-        wire_format=options["wire_format"],
-    )
-    return replace(request, transaction_id=options["transaction_id"]) if options["transaction_id"] else request
-
-
-def print_outcome(outcome: Outcome) -> None:
-    reply = outcome.reply
-    click.echo(f"> POST {outcome.request.operation} TransactionID {outcome.request.transaction_id}")
-    if reply is not None:
-        click.echo(f"< HTTP {reply.status} {reply.reason}")
-        for name, value in reply.headers:
-            click.echo(f"< {name}: {value}")
-        click.echo("")
-        click.echo(reply.body.decode("utf-8", "replace"))
-        click.echo("")
-    for check in outcome.checks:
-        detail = f"  ({check.detail})" if check.detail else ""
-        click.echo(f"{'PASS' if check.passed else 'FAIL'}  {check.name}{detail}")
-
-
-def print_summary(outcomes: list[Outcome], seconds: float, resend: bool) -> None:
-    """How many passed, and what that means for what the endpoint stored: the answer does not
-    say whether a request was stored or taken as a resend of one stored before."""
-    succeeded = sum(outcome.passed for outcome in outcomes)
-    click.echo(f"{len(outcomes)} sent, {succeeded} succeeded, {len(outcomes) - succeeded} failed in {seconds:.2f} s")
-    request = outcomes[0].request
-    if resend:
-        click.echo(
-            f"the same {request.operation} {len(outcomes)} times (--resend): it should be stored once,"
-            " every other copy acknowledged as a resend"
-        )
-    else:
-        click.echo(
-            f"{len(outcomes)} distinct {request.operation}, each with its own TransactionID and"
-            f" {request.stamp_name}: each one acknowledged should be stored as a new one"
-        )
-    failures = Counter(check.name for outcome in outcomes for check in outcome.checks if not check.passed)
-    for name, times in failures.most_common():
-        click.echo(f"FAIL  {name}: {times}")
 
 
 class ConfigError(click.ClickException):
@@ -612,8 +311,11 @@ def parse_age(value: str) -> float:
         raise click.BadParameter(str(exc)) from None
 
 
-# `stats` and `prune` (issue 19) are in a module of their own, which uses the helpers above.
+# `stats` and `prune` (issue 19), `send` and the reading commands are in modules of their own,
+# which use the helpers above (all but cli_send).
 from mm7soap.cli_operations import OPERATIONS  # noqa: E402
+from mm7soap.cli_read import READING  # noqa: E402
+from mm7soap.cli_send import send  # noqa: E402
 
-for command in OPERATIONS:
+for command in (*READING, send, *OPERATIONS):
     cli.add_command(command)
