@@ -1,5 +1,5 @@
-"""The PostgreSQL schema: the tables, columns and indexes of SQLite's (mm7soap.schema, as of
-its migration 8), and the migrations that build it.
+"""The PostgreSQL schema: the tables, columns and indexes of SQLite's (mm7soap.schema: its
+migrations 1-8 are migration 1 here, its 9 is 2), and the migrations that build it.
 
 The columns are made from the same lists as SQLite's, so a column added there is added here
 by a migration of its own.  Text stays text (times are UTC text of a fixed width, compared
@@ -91,10 +91,13 @@ def migrate_1_tables(db: PgDatabase) -> None:
 
 
 def migrate_2_outbox_pending_order_by_due_time(db: PgDatabase) -> None:
-    # As SQLite's migration 9 (mm7soap.schema), and for PostgreSQL's sake: planned on an empty
-    # outbox (a new database), the generic plan psycopg's prepared statements keep found a new
-    # event's due time by walking outbox_due backwards, filtering on the MessageID, so each
-    # report read every pending event until autovacuum's statistics changed the plan.
+    # As SQLite's migration 9 (mm7soap.schema), and for PostgreSQL's sake.  On a new, empty
+    # outbox, walking outbox_due (every pending event) costs the planner the same as going to
+    # one MessageID's events, and psycopg's prepared statements keep the generic plan made
+    # then until autovacuum's first statistics of the table: with outbox_due chosen, every
+    # report read the whole backlog (tests/test_postgres_batch.py).  Of two indexes of equal
+    # cost PostgreSQL takes the one created last, so this one must stay created after
+    # outbox_due: a later migration that builds outbox_due again builds this one again after it.
     db.execute("DROP INDEX IF EXISTS outbox_pending_order")
     db.execute(f"CREATE INDEX outbox_pending_order ON {OUTBOX} (order_key, next_attempt_at) WHERE state = 'pending'")
 
@@ -115,7 +118,9 @@ def migrate(db: PgDatabase) -> int:
             migration(db)
         if found is None:
             db.execute("INSERT INTO mm7soap_schema (version) VALUES (?)", [len(MIGRATIONS)])
-        else:
+        elif version < len(MIGRATIONS):
+            # Never lowered: an instance of an earlier release restarting during a rolling
+            # upgrade leaves the newer schema as it found it (as SQLite's loop writes nothing).
             db.execute("UPDATE mm7soap_schema SET version = ?", [len(MIGRATIONS)])
         db.execute("COMMIT")
     except BaseException as exc:

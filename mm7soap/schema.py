@@ -263,10 +263,11 @@ def migrate_8_outbox_due(db: sqlite_utils.Database) -> None:
 
 def migrate_9_outbox_pending_order_by_due_time(db: sqlite_utils.Database) -> None:
     # A new event is due no earlier than the latest due time of its MessageID's pending events
-    # (mm7soap.outbox.RECORD_SQL): in (order_key, next_attempt_at) order, that is one step
-    # down the index.  In (order_key, sequence) order PostgreSQL's generic plan could walk
-    # outbox_due backwards instead, reading every pending event for each report; the claim's
-    # "no earlier pending event of its MessageID" reads a MessageID's few events either way.
+    # (mm7soap.outbox.RECORD_SQL): in (order_key, next_attempt_at) order that is one step down
+    # the index, not a read of all of them (a MessageID sent to many recipients has an event
+    # for each report).  The claim's "no earlier pending event of its MessageID" and a failed
+    # delivery's successors are found in it too.  On PostgreSQL (its migration 2) this also
+    # keeps the generic plans off a walk of outbox_due through every pending event.
     db.execute("DROP INDEX IF EXISTS outbox_pending_order")
     db.execute(f"CREATE INDEX outbox_pending_order ON {OUTBOX} (order_key, next_attempt_at) WHERE state = 'pending'")
 

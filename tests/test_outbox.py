@@ -17,6 +17,7 @@ import pytest
 from mm7soap import outbox, times
 from mm7soap.dialects import POSTGRESQL, SQLITE, dialect_of
 from mm7soap.outbox import Backoff, Event, Outcome
+from mm7soap.schema import OUTBOX
 from mm7soap.settings import Settings
 from tests.backends import fail_inserts_into, only_postgresql, only_sqlite, traced
 from tests.helpers import call
@@ -214,14 +215,47 @@ def test_a_claim_reads_only_due_events_in_index_order_and_sorts_nothing(app):
 
 
 @only_sqlite
-def test_an_events_due_time_and_a_claims_order_read_only_the_events_of_its_message_id(app):
-    """Recording an event looks up its MessageID's latest pending due time, and a claim its
-    earlier pending events, in outbox_pending_order: a few rows, not the backlog (PostgreSQL's
-    plans: tests/test_postgres_batch.py)."""
-    event = {"event_id": "e", "type": "message", "source_id": 1, "order_key": "k", "created_at": "x"}
-    for sql, params in ((outbox.record_sql(SQLITE), event), (outbox.claim_sql(SQLITE), {"now": "x", "limit": 2})):
-        steps = [step[-1] for step in app.store.db.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()]
-        assert any("USING INDEX outbox_pending_order (order_key=?)" in step for step in steps), steps
+def test_an_events_due_time_is_one_step_down_its_message_ids_events_however_many(app):
+    """A new event is due no earlier than the latest due time of its MessageID's pending
+    events.  A MessageID sent to many recipients has an event per report, all pending while
+    the receiver is down: finding that time must not read them all (outbox_pending_order is
+    in due-time order within a MessageID; PostgreSQL's plans: tests/test_postgres_batch.py)."""
+    conn = app.store.db.conn
+
+    def steps_to_record(pending: int) -> int:
+        """SQLite's virtual machine steps to record one event of a MessageID with `pending`
+        events waiting; nothing of it kept."""
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(
+                f"INSERT INTO {OUTBOX} (event_id, type, source_id, order_key, created_at, next_attempt_at)"
+                " VALUES (?, 'delivery_report', ?, 'mid-many', '2026-12-04T00:00:00Z', ?)",
+                [(f"evt_{n}", n, f"2026-12-04T00:{n // 60 % 60:02}:{n % 60:02}Z") for n in range(pending)],
+            )
+            counted = [0]
+            conn.set_progress_handler(lambda: counted.__setitem__(0, counted[0] + 1), 1)
+            try:
+                event = {"event_id": "e", "type": "message", "source_id": 0, "order_key": "mid-many", "created_at": "x"}
+                conn.execute(outbox.record_sql(SQLITE), event).fetchall()
+            finally:
+                conn.set_progress_handler(None, 1)
+            return counted[0]
+        finally:
+            conn.execute("ROLLBACK")
+
+    few, many = steps_to_record(3), steps_to_record(3000)
+    assert many < few + 50, (few, many)  # a few steps more for a deeper index, not one per event
+
+
+@only_sqlite
+def test_a_claim_finds_earlier_events_of_a_message_id_among_its_own(app):
+    steps = [
+        step[-1]
+        for step in app.store.db.execute(
+            f"EXPLAIN QUERY PLAN {outbox.claim_sql(SQLITE)}", {"now": "x", "limit": 2}
+        ).fetchall()
+    ]
+    assert any("USING INDEX outbox_pending_order (order_key=?" in step for step in steps), steps
 
 
 @only_postgresql

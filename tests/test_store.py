@@ -61,6 +61,21 @@ def test_migrations_are_recorded_and_idempotent(settings):
         )
 
 
+def test_a_schema_newer_than_this_release_is_left_as_it_is(settings):
+    """During a rolling upgrade an instance of the earlier release restarts on a database the
+    new one has migrated: it must not set the schema's version back, or the next new instance
+    would run the last migration again."""
+    with Store(settings) as store:
+        store.migrate()
+        newer = latest_version(store.db) + 1
+        if on_postgresql(store.db):
+            store.db.execute("UPDATE mm7soap_schema SET version = ?", [newer])
+        else:
+            store.db.execute(f"PRAGMA user_version = {newer}")
+        store.migrate()
+        assert schema_version(store.db) == newer
+
+
 def test_stores_migrating_at_once_make_one_schema(settings):
     """Instances (or workers) starting together migrate one database at the same moment: each
     finds the schema up to date, made once (on PostgreSQL, under an advisory lock)."""

@@ -247,6 +247,7 @@ def open_fds(pid: int, database: Path) -> Counter[str]:
     """A process's open descriptors by what they are: "database" (the file, its WAL and
     shared memory), "socket", or "other" (pipes, logs, metrics files, ...)."""
     kinds: Counter[str] = Counter()
+    database = database.resolve()  # as the kernel names the file
     folder = Path(f"/proc/{pid}/fd")
     for fd in os.listdir(folder):
         try:

@@ -30,6 +30,7 @@ from pathlib import Path
 from statistics import median
 from typing import NamedTuple
 
+from mm7soap.settings import Settings
 from tests.helpers import data
 from tests.reliability.service import Client, Service, delivery_report, open_fds, rss_kib, serving
 from tests.reliability.soak_mix import (
@@ -69,6 +70,9 @@ FD_SLACK = 2
 # requests, so the database's descriptors are held to that bound and not to the warm-up's
 # count; plus the shared memory file, one per process.
 DATABASE_FDS_PER_THREAD = 2
+# A worker's threads: its pool (MM7SOAP_THREADS, the default here), its main thread and one
+# to spare; more is a leak of threads, each perhaps with its connection.
+WORKER_THREADS = Settings().threads + 2
 # What such a connection may add to RSS: SQLite's default page cache (cache_size -2000) and
 # the connection's own structures.
 CONNECTION_KIB = 2500
@@ -372,11 +376,12 @@ def assert_resources(first: Sample, last: Sample) -> None:
         allowed = RSS_GROWTH * start + CONNECTION_KIB * opened
         threads = f"threads {first.threads[pid]} → {last.threads[pid]}, {opened} connections opened"
         assert last.rss[pid] <= allowed, f"{pid}: RSS grew {start} → {last.rss[pid]} KiB, {threads}"
+    for pid in last.workers:
+        assert last.threads[pid] <= WORKER_THREADS, f"{pid}: {last.threads[pid]} threads"
     for pid, start in first.fds.items():
         end, shown = last.fds[pid], f"{pid}: descriptors {descriptors(start, last.fds[pid])}"
         # Connections to the database: at most each thread's, however many requests.
-        bound = DATABASE_FDS_PER_THREAD * last.threads[pid] + 1
-        assert end["database"] <= bound, f"{shown}, {last.threads[pid]} threads"
+        assert end["database"] <= DATABASE_FDS_PER_THREAD * WORKER_THREADS + 1, shown
         # Sockets: the listener and the senders' keep-alive connections, which may move
         # from one worker to the other when an answer closes one; a leak is one a request.
         assert end["socket"] <= start["socket"] + SENDERS + FD_SLACK, shown
