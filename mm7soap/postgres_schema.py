@@ -26,6 +26,7 @@ from mm7soap.schema import (
     READ_REPLY_COLUMNS,
     REPORT_COLUMNS,
     REPORTS,
+    migrate_9_outbox_pending_order_by_due_time,
 )
 
 MIGRATION_LOCK_KEY = 0x6D6D3773  # "mm7s"
@@ -90,19 +91,14 @@ def migrate_1_tables(db: PgDatabase) -> None:
     db.execute(f"CREATE INDEX outbox_due ON {OUTBOX} (next_attempt_at, sequence) WHERE state = 'pending'")
 
 
-def migrate_2_outbox_pending_order_by_due_time(db: PgDatabase) -> None:
-    # As SQLite's migration 9 (mm7soap.schema), and for PostgreSQL's sake.  On a new, empty
-    # outbox, walking outbox_due (every pending event) costs the planner the same as going to
-    # one MessageID's events, and psycopg's prepared statements keep the generic plan made
-    # then until autovacuum's first statistics of the table: with outbox_due chosen, every
-    # report read the whole backlog (tests/test_postgres_batch.py).  Of two indexes of equal
-    # cost PostgreSQL takes the one created last, so this one must stay created after
-    # outbox_due: a later migration that builds outbox_due again builds this one again after it.
-    db.execute("DROP INDEX IF EXISTS outbox_pending_order")
-    db.execute(f"CREATE INDEX outbox_pending_order ON {OUTBOX} (order_key, next_attempt_at) WHERE state = 'pending'")
-
-
-MIGRATIONS: tuple[Callable[[PgDatabase], None], ...] = (migrate_1_tables, migrate_2_outbox_pending_order_by_due_time)
+# Migration 2 is SQLite's 9, which matters more here.  On a new, empty outbox, walking
+# outbox_due (every pending event) costs the planner the same as going to one MessageID's
+# events, and psycopg's prepared statements keep the generic plan made then until autovacuum's
+# first statistics of the table: with outbox_due chosen, every report read the whole backlog
+# (tests/test_postgres_batch.py).  Of two indexes of equal cost PostgreSQL takes the one
+# created last, so outbox_pending_order must stay created after outbox_due: a later migration
+# that builds outbox_due again builds outbox_pending_order again after it.
+MIGRATIONS: tuple[Callable[[PgDatabase], None], ...] = (migrate_1_tables, migrate_9_outbox_pending_order_by_due_time)
 
 
 def migrate(db: PgDatabase) -> int:

@@ -8,6 +8,7 @@ fixed width, so that text order is time order (`--since`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import sqlite_utils
 
@@ -261,13 +262,13 @@ def migrate_8_outbox_due(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE INDEX outbox_due ON {OUTBOX} (next_attempt_at, sequence) WHERE state = 'pending'")
 
 
-def migrate_9_outbox_pending_order_by_due_time(db: sqlite_utils.Database) -> None:
+def migrate_9_outbox_pending_order_by_due_time(db: Any) -> None:
     # A new event is due no earlier than the latest due time of its MessageID's pending events
     # (mm7soap.outbox.RECORD_SQL): in (order_key, next_attempt_at) order that is one step down
     # the index, not a read of all of them (a MessageID sent to many recipients has an event
     # for each report).  The claim's "no earlier pending event of its MessageID" and a failed
-    # delivery's successors are found in it too.  On PostgreSQL (its migration 2) this also
-    # keeps the generic plans off a walk of outbox_due through every pending event.
+    # delivery's successors are found in it too.  The same statements on either engine: it is
+    # PostgreSQL's migration 2 as well (mm7soap.postgres_schema says what it means there).
     db.execute("DROP INDEX IF EXISTS outbox_pending_order")
     db.execute(f"CREATE INDEX outbox_pending_order ON {OUTBOX} (order_key, next_attempt_at) WHERE state = 'pending'")
 

@@ -7,6 +7,7 @@ Delivery of the events (the forwarder) is tested in `tests/test_forwarder.py`.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import threading
 from datetime import datetime, timedelta, timezone
@@ -232,14 +233,14 @@ def test_an_events_due_time_is_one_step_down_its_message_ids_events_however_many
                 " VALUES (?, 'delivery_report', ?, 'mid-many', '2026-12-04T00:00:00Z', ?)",
                 [(f"evt_{n}", n, f"2026-12-04T00:{n // 60 % 60:02}:{n % 60:02}Z") for n in range(pending)],
             )
-            counted = [0]
-            conn.set_progress_handler(lambda: counted.__setitem__(0, counted[0] + 1), 1)
+            steps = itertools.count()
+            conn.set_progress_handler(lambda: next(steps) < 0, 1)  # counts each step, stops none
             try:
                 event = {"event_id": "e", "type": "message", "source_id": 0, "order_key": "mid-many", "created_at": "x"}
                 conn.execute(outbox.record_sql(SQLITE), event).fetchall()
             finally:
                 conn.set_progress_handler(None, 1)
-            return counted[0]
+            return next(steps)
         finally:
             conn.execute("ROLLBACK")
 
