@@ -53,6 +53,7 @@ from mm7soap.dialects import POSTGRESQL, SQLITE, dialect_of
 from mm7soap.schema import MESSAGES, OUTBOX, PARTS, READ_REPLIES, REPORTS
 from mm7soap.settings import Settings
 from mm7soap.store import Store
+from mm7soap.supervisor import die_with_the_master
 from mm7soap.times import utc_timestamp
 
 log = logging.getLogger(__name__)
@@ -268,6 +269,7 @@ def run_forever(settings: Settings, stopping: threading.Event, interval: float =
 def main() -> None:
     """`python -m mm7soap.retention`: what `mm7soap serve` runs beside gunicorn when
     `retention_days` is set; SIGTERM or SIGINT stop it between two batches."""
+    die_with_the_master()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [retention] %(levelname)s %(message)s")
     settings = Settings.from_env()
     if settings.retention_days <= 0:

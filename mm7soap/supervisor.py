@@ -28,28 +28,52 @@ STOP_SECONDS = 15.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def dies_with_its_parent() -> Callable[[], None] | None:
-    """What the forwarder runs before exec on Linux: the kernel sends it SIGTERM (it finishes
-    its deliveries, then exits) when the thread that started it dies with the master.
+# The master's pid, in the environment of each process it starts: `die_with_the_master`.
+MASTER_PID_ENV = "MM7SOAP_MASTER_PID"
+
+
+def die_with_the_master() -> None:
+    """First thing in the forwarder and the retention process: on Linux, the kernel sends it
+    SIGTERM (it finishes what it is doing, then exits) when the master that started it dies.
 
     Without it a master killed on its own (the OOM killer, `kill -9` of one pid) left the
     forwarder running for ever, orphaned, with the old settings; gunicorn's workers notice
     their parent is gone and exit, the forwarder never did, and the restarted service started
-    a second one beside it."""
-    if not sys.platform.startswith("linux"):
-        return None
+    a second one beside it.  Asked here, after the exec, rather than by a `preexec_fn` between
+    the fork and the exec: nothing of the threaded master's Python runs in the child, so it
+    cannot deadlock there (subprocess's documentation), and the master's fork hooks (gunicorn's
+    control socket is stopped and restarted by them) are not run for it."""
+    master = os.environ.get(MASTER_PID_ENV)
+    if not master or not sys.platform.startswith("linux"):
+        return  # `mm7soap forward` on a host of its own: nobody to die with
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        return None
-    master, term = os.getpid(), int(signal.SIGTERM)
+        return
+    prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if os.getppid() != int(master):  # the master died before the call: nobody would signal it
+        raise SystemExit(0)
 
-    def in_the_child() -> None:
-        prctl(PR_SET_PDEATHSIG, term)
-        if os.getppid() != master:  # the master died before the call: nobody would signal it
-            os._exit(0)
 
-    return in_the_child
+# gunicorn's master forks a worker from its main thread whenever one is needed (at the start,
+# and for each worker that died), and a watch thread below may be starting a process at that
+# moment.  subprocess.Popen reads a pipe until its child's exec closes the write end; a worker
+# forked in between inherits that end and keeps it for its life, and Popen never returned.
+# Seen in CI: the first forwarder ran, its watch thread waited in Popen, and when the forwarder
+# was killed nobody started another (nor could `stop()` reach it).  Every fork in the process
+# takes this lock first (os.register_at_fork), and a process is started while holding it.
+# Reentrant, so a Popen that did run the fork hooks (a `preexec_fn`) could not deadlock on it.
+spawning = threading.RLock()
+
+
+def _renew_spawning() -> None:
+    global spawning
+    spawning = threading.RLock()  # the child's copy may be held by the forking thread
+
+
+os.register_at_fork(
+    before=lambda: spawning.acquire(), after_in_parent=lambda: spawning.release(), after_in_child=_renew_spawning
+)
 
 
 class ForwarderProcess:
@@ -68,7 +92,7 @@ class ForwarderProcess:
     def start(self) -> None:
         # The environment as it is now: gunicorn's on_starting has added the metrics'
         # directory (PROMETHEUS_MULTIPROC_DIR) since __init__.
-        self.environment = self.settings.environment()
+        self.environment = {**self.settings.environment(), MASTER_PID_ENV: str(os.getpid())}
         threading.Thread(target=self.watch, name=f"{self.name}-watch", daemon=True).start()
 
     def watch(self) -> None:
@@ -76,11 +100,8 @@ class ForwarderProcess:
             with self.lock:
                 if self.stopping.is_set():
                     return
-                self.process = subprocess.Popen(
-                    [sys.executable, "-m", self.module],
-                    env=self.environment,
-                    preexec_fn=dies_with_its_parent(),  # one C call before exec: no lock taken
-                )
+                with spawning:  # no worker forked between Popen's pipe and the child's exec
+                    self.process = subprocess.Popen([sys.executable, "-m", self.module], env=self.environment)
             code = self.process.wait()  # 0 also when gunicorn's master reaped it first
             if self.exited is not None and not self.stopping.is_set():  # stopping: the master is exiting
                 self.exited(self.process.pid)

@@ -196,10 +196,13 @@ class Service:
         except subprocess.TimeoutExpired:
             self.kill_all()
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log_tail(self, lines: int = 40, requests: bool = True) -> str:
+        """The log's last lines; without the request log's lines (one per MM7 request) when
+        what went wrong is in the master's or the forwarder's own lines, seconds earlier."""
         if self.log_path is None or not self.log_path.exists():
             return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        logged = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join([line for line in logged if requests or " operation=" not in line][-lines:])
 
     def rows(self, table: str = "delivery_reports") -> list[tuple[str, str]]:
         """(transaction_id, message_id) of every stored row, read with a separate connection."""

@@ -856,7 +856,10 @@ def test_forwarder_killed_mid_delivery(tmp_path: Path) -> None:
             killed, in_flight = kill_forwarder_mid_delivery(service, receiver, traffic)
             kill = time.monotonic()
             wait_until(
-                lambda: any(pid != killed for pid in forwarders(service)), "a new forwarder", 30, service.log_tail
+                lambda: any(pid != killed for pid in forwarders(service)),
+                "a new forwarder",
+                30,
+                lambda: service.log_tail(requests=False),
             )
             restart_s = time.monotonic() - kill
         drain_s = drain(service, receiver, LEASE_SECONDS + DRAIN_BUDGET)

@@ -1,0 +1,147 @@
+"""How gunicorn's master starts the forwarder and the retention process (mm7soap/supervisor.py):
+a worker forked meanwhile never holds up the start, and each dies with the master.
+
+Each case runs in a process of its own: it forks, kills and waits on its children, which
+the test process must not do with pytest's threads in it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from mm7soap.supervisor import MASTER_PID_ENV
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork hooks and PR_SET_PDEATHSIG: Linux")
+
+
+def python(code: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+# The master's main thread forks a worker while the watch thread is inside Popen, between the
+# pipe Popen reads its child's exec from and that exec: os.pipe is wrapped to wait there.
+FORK_DURING_THE_START = """
+    import os, sys, threading, time
+    from mm7soap.settings import Settings
+    from mm7soap.supervisor import ForwarderProcess
+
+    class Started(ForwarderProcess):
+        module = "mm7soap.supervisor"  # starts and ends at once: only the start matters here
+
+    in_the_window = threading.Event()
+    pipe = os.pipe
+
+    def pipe_then_wait():
+        fds = pipe()
+        if threading.current_thread().name.endswith("-watch"):
+            in_the_window.set()
+            time.sleep(0.5)  # a fork now would copy the pipe's write end
+        return fds
+
+    os.pipe = pipe_then_wait
+    process = Started(Settings())
+    process.start()
+    in_the_window.wait(10)
+    began = time.monotonic()
+    worker = os.fork()  # as gunicorn's master forks a worker
+    if worker == 0:
+        time.sleep(20)  # a worker lives on, with whatever descriptors it was forked with
+        os._exit(0)
+    while process.process is None and time.monotonic() - began < 15:
+        time.sleep(0.01)
+    print(process.process is not None, round(time.monotonic() - began, 2))
+    process.stop()
+    os.kill(worker, 9)
+    os.waitpid(worker, 0)
+"""
+
+
+def test_a_worker_forked_while_the_forwarder_starts_does_not_hold_the_start_up():
+    """Without the lock every fork takes, the worker kept the pipe and Popen waited for the
+    worker's exit (20 s here, a worker's life in production): the forwarder then ran, but its
+    watch thread never saw it start, so a killed forwarder was never started again."""
+    child = python(FORK_DURING_THE_START)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    started, seconds = out.split()
+    assert started == "True", err
+    assert float(seconds) < 5.0, f"the start waited {seconds} s for the forked worker"
+
+
+def alive(pid: int) -> bool:
+    """Running: not gone, and not a zombie that nobody has reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+# A master that starts a child as the supervisor does, with its pid in the child's environment,
+# and then waits to be killed.
+MASTER = """
+    import os, subprocess, sys, time
+    from mm7soap.supervisor import MASTER_PID_ENV
+    forwarder = "from mm7soap.supervisor import die_with_the_master as d; d(); print('ready', flush=True)"
+    child = subprocess.Popen(
+        [sys.executable, "-c", forwarder + "; import time; time.sleep(60)"],
+        env={**os.environ, MASTER_PID_ENV: str(os.getpid())},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout.readline() == "ready\\n"
+    print(child.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_the_forwarder_gets_sigterm_when_its_master_is_killed():
+    master = python(MASTER)
+    child = 0
+    try:
+        child = int(master.stdout.readline())
+        master.send_signal(signal.SIGKILL)
+        master.wait(10)
+        deadline = time.monotonic() + 10
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not alive(child), "the child outlived its killed master"
+    finally:
+        master.kill()
+        if child and alive(child):
+            os.kill(child, signal.SIGKILL)  # it holds the master's stderr: communicate() waits for it
+        master.communicate()
+
+
+def test_a_child_whose_master_is_already_gone_ends_at_once():
+    """The master died between the start and the child's request to the kernel: nobody would
+    signal it, so it ends itself (here: a pid that is not its parent's)."""
+    code = "from mm7soap.supervisor import die_with_the_master as d; d(); print('ran on')"
+    child = python(code, **{MASTER_PID_ENV: "1"})
+    out, err = child.communicate(timeout=30)
+    assert (child.returncode, out) == (0, ""), err
+
+
+def test_without_a_master_nothing_is_asked():
+    """`mm7soap forward` on a host of its own: no master's pid, nobody to die with."""
+    code = "from mm7soap.supervisor import die_with_the_master as d; d(); print('ran on')"
+    env = {key: value for key, value in os.environ.items() if key != MASTER_PID_ENV}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (0, "ran on\n"), done.stderr
