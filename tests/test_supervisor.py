@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from mm7soap.supervisor import MASTER_PID_ENV
+from tests.reliability.service import alive
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,15 +84,6 @@ def test_a_worker_forked_while_the_forwarder_starts_does_not_hold_the_start_up()
     started, seconds = out.split()
     assert started == "True", err
     assert float(seconds) < 5.0, f"the start waited {seconds} s for the forked worker"
-
-
-def alive(pid: int) -> bool:
-    """Running: not gone, and not a zombie that nobody has reaped yet."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 # A master that starts a child as the supervisor does, with its pid in the child's environment,

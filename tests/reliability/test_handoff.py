@@ -49,7 +49,17 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from tests.helpers import template
-from tests.reliability.service import BIN, NAMESPACE, ROOT, Client, Service, children, delivery_report, free_port
+from tests.reliability.service import (
+    BIN,
+    NAMESPACE,
+    ROOT,
+    Client,
+    Service,
+    alive,
+    children,
+    delivery_report,
+    free_port,
+)
 from tests.reliability.soak_mix import SWA, deliver
 
 REPORTS = int(os.environ.get("MM7SOAP_HANDOFF_REPORTS", "600"))
@@ -520,15 +530,6 @@ def forwarders(service: Service) -> list[int]:
             if b"mm7soap.forwarder" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 found.append(pid)
     return found
-
-
-def alive(pid: int) -> bool:
-    """Running (not gone, not a zombie)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 @dataclass(frozen=True)
