@@ -45,6 +45,14 @@ def schema_version(db: Any) -> int:
     return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
+def set_schema_version(db: Any, version: int) -> None:
+    """Records `version` migrations as applied, as the engine keeps that count."""
+    if on_postgresql(db):
+        db.execute("UPDATE mm7soap_schema SET version = ?", [version])
+    else:
+        db.execute(f"PRAGMA user_version = {int(version)}")
+
+
 def latest_version(db: Any) -> int:
     return len(postgres_schema.MIGRATIONS if on_postgresql(db) else schema.MIGRATIONS)
 

@@ -26,6 +26,7 @@ from tests.backends import (
     other_connection,
     schema_version,
     set_read_only,
+    set_schema_version,
     write_lock_held,
 )
 from tests.helpers import assert_fault, call, data, migrate_to
@@ -68,10 +69,7 @@ def test_a_schema_newer_than_this_release_is_left_as_it_is(settings):
     with Store(settings) as store:
         store.migrate()
         newer = latest_version(store.db) + 1
-        if on_postgresql(store.db):
-            store.db.execute("UPDATE mm7soap_schema SET version = ?", [newer])
-        else:
-            store.db.execute(f"PRAGMA user_version = {newer}")
+        set_schema_version(store.db, newer)
         store.migrate()
         assert schema_version(store.db) == newer
 

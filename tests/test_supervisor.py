@@ -25,11 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork hooks and PR_SET_PDEATHSIG: Linux")
 
 
-def python(code: str, **env: str) -> subprocess.Popen[str]:
+def python(code: str, **env: str | None) -> subprocess.Popen[str]:
+    """`python -c code` in the repository, with `env` over the test's environment (None: unset)."""
+    environment = {key: value for key, value in {**os.environ, **env}.items() if value is not None}
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code)],
         cwd=ROOT,
-        env={**os.environ, **env},
+        env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -86,19 +88,24 @@ def test_a_worker_forked_while_the_forwarder_starts_does_not_hold_the_start_up()
     assert float(seconds) < 5.0, f"the start waited {seconds} s for the forked worker"
 
 
+# What the forwarder and the retention process do first, then a line to show they ran on.
+DIE_WITH_THE_MASTER = (
+    "from mm7soap.supervisor import die_with_the_master; die_with_the_master(); print('ran on', flush=True)"
+)
+
 # A master that starts a child as the supervisor does, with its pid in the child's environment,
 # and then waits to be killed.
-MASTER = """
+CHILD = DIE_WITH_THE_MASTER + "; import time; time.sleep(60)"
+MASTER = f"""
     import os, subprocess, sys, time
     from mm7soap.supervisor import MASTER_PID_ENV
-    forwarder = "from mm7soap.supervisor import die_with_the_master as d; d(); print('ready', flush=True)"
     child = subprocess.Popen(
-        [sys.executable, "-c", forwarder + "; import time; time.sleep(60)"],
-        env={**os.environ, MASTER_PID_ENV: str(os.getpid())},
+        [sys.executable, "-c", {CHILD!r}],
+        env={{**os.environ, MASTER_PID_ENV: str(os.getpid())}},
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert child.stdout.readline() == "ready\\n"
+    assert child.stdout.readline() == "ran on\\n"
     print(child.pid, flush=True)
     time.sleep(60)
 """
@@ -122,18 +129,11 @@ def test_the_forwarder_gets_sigterm_when_its_master_is_killed():
         master.communicate()
 
 
-def test_a_child_whose_master_is_already_gone_ends_at_once():
-    """The master died between the start and the child's request to the kernel: nobody would
-    signal it, so it ends itself (here: a pid that is not its parent's)."""
-    code = "from mm7soap.supervisor import die_with_the_master as d; d(); print('ran on')"
-    child = python(code, **{MASTER_PID_ENV: "1"})
+# "1": the master died between the start and the child's request to the kernel (its parent
+# is no longer that pid); nobody would signal it, so it ends itself.  None: `mm7soap forward`
+# on a host of its own, nobody to die with, nothing asked.
+@pytest.mark.parametrize(("master", "output"), [("1", ""), (None, "ran on\n")], ids=["gone", "none"])
+def test_a_child_ends_at_once_when_its_master_is_gone_and_runs_on_without_one(master, output):
+    child = python(DIE_WITH_THE_MASTER, **{MASTER_PID_ENV: master})
     out, err = child.communicate(timeout=30)
-    assert (child.returncode, out) == (0, ""), err
-
-
-def test_without_a_master_nothing_is_asked():
-    """`mm7soap forward` on a host of its own: no master's pid, nobody to die with."""
-    code = "from mm7soap.supervisor import die_with_the_master as d; d(); print('ran on')"
-    env = {key: value for key, value in os.environ.items() if key != MASTER_PID_ENV}
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
-    assert (done.returncode, done.stdout) == (0, "ran on\n"), done.stderr
+    assert (child.returncode, out) == (0, output), err
